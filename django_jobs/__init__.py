@@ -1,0 +1,49 @@
+"""Background jobs for Django on RQ and Redis, with a database row for every job."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "JobFailed",
+    "JobFunction",
+    "JobHandle",
+    "JobStatus",
+    "JobWaitTimeout",
+    "UnknownQueueError",
+    "get_job",
+    "get_queue",
+    "job",
+]
+
+if TYPE_CHECKING:
+    from .decorators import JobFunction, job
+    from .exceptions import JobFailed, JobWaitTimeout
+    from .handles import JobHandle, get_job
+    from .models import JobStatus
+    from .queues import UnknownQueueError, get_queue
+
+_LAZY = {
+    "job": "decorators",
+    "JobFunction": "decorators",
+    "JobFailed": "exceptions",
+    "JobWaitTimeout": "exceptions",
+    "JobHandle": "handles",
+    "get_job": "handles",
+    "JobStatus": "models",
+    "UnknownQueueError": "queues",
+    "get_queue": "queues",
+}
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so that `from django_jobs import job` works in modules imported
+    # while Django's app registry is still loading (models need it ready).
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'django_jobs' has no attribute {name!r}")
+    from importlib import import_module
+
+    return getattr(import_module(f".{module}", __name__), name)

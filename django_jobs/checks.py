@@ -1,0 +1,163 @@
+"""System checks for django_jobs' settings. No network I/O.
+
+=====================  =========================================================
+id                     problem
+=====================  =========================================================
+django_jobs.E001       ``RQ_QUEUES`` is missing, empty or not a dict
+django_jobs.E002       a queue in ``RQ_QUEUES`` says nothing about where Redis is
+django_jobs.E003       ``DJANGO_JOBS`` has a key django_jobs does not know
+django_jobs.E004       ``DJANGO_JOBS`` is not a dict, or an option has a bad value
+django_jobs.E005       ``DJANGO_JOBS["DEFAULT_QUEUE"]`` is not in ``RQ_QUEUES``
+django_jobs.W001       ``django_rq`` is listed before ``django_jobs`` in ``INSTALLED_APPS``
+django_jobs.W002       a pickle serializer is configured
+=====================  =========================================================
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
+
+from .conf import CONNECTION_KEYS, DEFAULTS, conf
+
+EXAMPLE_QUEUES = 'RQ_QUEUES = {"default": {"URL": "redis://127.0.0.1:6379/0"}}'
+
+
+def _is_pickle(value: Any) -> bool:
+    if value is None:
+        return False
+    text = value if isinstance(value, str) else f"{getattr(value, '__module__', '')}.{getattr(value, '__name__', '')}"
+    return "pickle" in text.lower()
+
+
+@register(Tags.compatibility)
+def check_queues(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    queues = getattr(settings, "RQ_QUEUES", None)
+    if not isinstance(queues, dict) or not queues:
+        return [
+            Error(
+                "RQ_QUEUES is missing or empty: django_jobs has no queue to put jobs on.",
+                hint=f"Declare your queues in settings, for example {EXAMPLE_QUEUES}.",
+                id="django_jobs.E001",
+            )
+        ]
+    messages: list[CheckMessage] = []
+    for name, config in queues.items():
+        if not isinstance(config, dict) or not any(key in config for key in CONNECTION_KEYS):
+            messages.append(
+                Error(
+                    f"Queue {name!r} in RQ_QUEUES has no connection settings.",
+                    hint=f"Give it one of {', '.join(CONNECTION_KEYS)}, for example "
+                    f'RQ_QUEUES[{name!r}] = {{"URL": "redis://127.0.0.1:6379/0"}}.',
+                    id="django_jobs.E002",
+                )
+            )
+    return messages
+
+
+@register(Tags.compatibility)
+def check_options(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    options = getattr(settings, "DJANGO_JOBS", {})
+    if not isinstance(options, dict):
+        return [
+            Error(
+                f"DJANGO_JOBS must be a dict, not {type(options).__name__}.",
+                hint='For example DJANGO_JOBS = {"DEFAULT_QUEUE": "default"}.',
+                id="django_jobs.E004",
+            )
+        ]
+    messages: list[CheckMessage] = []
+    for key in options:
+        if key not in DEFAULTS:
+            close = difflib.get_close_matches(str(key), DEFAULTS, n=1)
+            hint = f"Did you mean {close[0]!r}? " if close else ""
+            messages.append(
+                Error(
+                    f"DJANGO_JOBS has an unknown key {key!r}; it would be ignored.",
+                    hint=f"{hint}Known keys: {', '.join(sorted(DEFAULTS))} (see docs/configuration.md).",
+                    id="django_jobs.E003",
+                )
+            )
+    try:
+        from .queues import resolve_serializer
+
+        serializer = resolve_serializer()
+        if not (hasattr(serializer, "dumps") and hasattr(serializer, "loads")):
+            raise TypeError("it has no dumps()/loads()")
+    except Exception as exc:
+        messages.append(
+            Error(
+                f"DJANGO_JOBS['SERIALIZER'] = {conf.serializer!r} is not usable: {exc}.",
+                hint='Use "json" (the default), "pickle", or the dotted path of an object with dumps() and loads().',
+                id="django_jobs.E004",
+            )
+        )
+    poll = options.get("WAIT_POLL_INTERVAL", DEFAULTS["WAIT_POLL_INTERVAL"])
+    if not isinstance(poll, int | float) or isinstance(poll, bool) or poll <= 0:
+        messages.append(
+            Error(
+                f"DJANGO_JOBS['WAIT_POLL_INTERVAL'] must be a positive number of seconds, not {poll!r}.",
+                hint="For example 0.05.",
+                id="django_jobs.E004",
+            )
+        )
+    worker_class = options.get("WORKER_CLASS", DEFAULTS["WORKER_CLASS"])
+    if not isinstance(worker_class, str):
+        messages.append(
+            Error(
+                f"DJANGO_JOBS['WORKER_CLASS'] must be a str, not {type(worker_class).__name__}.",
+                hint='Use "fork", "simple" or a dotted path.',
+                id="django_jobs.E004",
+            )
+        )
+    queues = conf.queues
+    if queues and conf.default_queue not in queues:
+        messages.append(
+            Error(
+                f"DJANGO_JOBS['DEFAULT_QUEUE'] is {conf.default_queue!r}, which RQ_QUEUES does not define.",
+                hint=f"Add it to RQ_QUEUES or set DEFAULT_QUEUE to one of: {', '.join(queues)}.",
+                id="django_jobs.E005",
+            )
+        )
+    return messages
+
+
+@register(Tags.compatibility)
+def check_app_order(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    apps = [app.split(".apps.")[0] for app in settings.INSTALLED_APPS]
+    if "django_rq" in apps and "django_jobs" in apps and apps.index("django_rq") < apps.index("django_jobs"):
+        return [
+            Warning(
+                "django_rq is listed before django_jobs in INSTALLED_APPS, so `manage.py rqworker` "
+                "runs django-rq's command, whose workers do not record jobs in the database.",
+                hint="Move 'django_jobs' above 'django_rq' in INSTALLED_APPS (or remove django_rq).",
+                id="django_jobs.W001",
+            )
+        ]
+    return []
+
+
+@register(Tags.security)
+def check_serializer(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    places = []
+    options = getattr(settings, "DJANGO_JOBS", {})
+    if isinstance(options, dict) and _is_pickle(options.get("SERIALIZER")):
+        places.append("DJANGO_JOBS['SERIALIZER']")
+    for name, config in conf.queues.items():
+        if isinstance(config, dict) and _is_pickle(config.get("SERIALIZER")):
+            places.append(f"RQ_QUEUES[{name!r}]['SERIALIZER']")
+    if not places:
+        return []
+    return [
+        Warning(
+            f"A pickle serializer is configured ({', '.join(places)}). Anyone who can write to "
+            "your Redis can then run code in your workers, and job rows hold only a text form of "
+            "the arguments.",
+            hint="Use the default JSON serializer and pass primary keys instead of objects; "
+            "keep pickle only if Redis is private to this project.",
+            id="django_jobs.W002",
+        )
+    ]

@@ -1,0 +1,98 @@
+"""The one reader of Django settings for django_jobs.
+
+Two settings are read:
+
+``RQ_QUEUES``
+    The queues, in django-rq's format: ``{"default": {"URL": "redis://…",
+    "DEFAULT_TIMEOUT": 360}, …}``. Every connection key django-rq knows keeps
+    working (``URL``, ``HOST``/``PORT``/``DB``/``USERNAME``/``PASSWORD``,
+    ``SSL``/``SSL_CERT_REQS``, ``UNIX_SOCKET_PATH``, ``SENTINELS`` with
+    ``MASTER_NAME``/``SENTINEL_KWARGS``/``CONNECTION_KWARGS``/``SOCKET_TIMEOUT``,
+    ``REDIS_CLIENT_KWARGS``, ``USE_REDIS_CACHE``), as do ``DEFAULT_TIMEOUT`` and
+    ``DEFAULT_RESULT_TTL``.
+
+``DJANGO_JOBS``
+    django_jobs' own options, one dict; every key is optional and documented
+    in :data:`DEFAULTS` below and in ``docs/configuration.md``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+
+#: Every option of ``DJANGO_JOBS`` with its default.
+DEFAULTS: dict[str, Any] = {
+    # How job arguments, keyword arguments and results travel through Redis:
+    # "json" (the default, safe) or "pickle" (opt-in; any Python object, but
+    # unpickling data from Redis can run code: see check django_jobs.W002).
+    # A dotted path to an object with dumps()/loads() is accepted too.
+    "SERIALIZER": "json",
+    # The queue that ``@job`` without a queue name uses.
+    "DEFAULT_QUEUE": "default",
+    # Modules imported from every installed app at startup so that their
+    # @job functions are registered (admin, schedules, checks).
+    "AUTODISCOVER": ("jobs", "tasks"),
+    # The worker class ``rqworker`` uses without --worker-class: a dotted
+    # path or one of the aliases "fork" (RQ's forking Worker), "simple"
+    # (SimpleWorker: jobs in the worker process) and "spawn" (SpawnWorker).
+    "WORKER_CLASS": "fork",
+    # Seconds between two reads of the job's row while JobHandle.wait() polls.
+    "WAIT_POLL_INTERVAL": 0.05,
+}
+
+#: Queue keys that say where Redis is; a queue needs at least one.
+CONNECTION_KEYS = ("URL", "HOST", "UNIX_SOCKET_PATH", "SENTINELS", "USE_REDIS_CACHE")
+
+
+class JobsSettings:
+    """Typed, lazy access to ``RQ_QUEUES`` and ``DJANGO_JOBS``.
+
+    Properties read settings on every access, so ``override_settings`` works
+    in tests; callers that need speed cache what they derive (see
+    ``queues.py``, which drops its cache on ``setting_changed``).
+    """
+
+    @property
+    def queues(self) -> dict[str, dict[str, Any]]:
+        value = getattr(settings, "RQ_QUEUES", None)
+        return value if isinstance(value, dict) else {}
+
+    @property
+    def user_options(self) -> dict[str, Any]:
+        value = getattr(settings, "DJANGO_JOBS", None)
+        return value if isinstance(value, dict) else {}
+
+    def _get(self, key: str) -> Any:
+        return self.user_options.get(key, DEFAULTS[key])
+
+    @property
+    def serializer(self) -> Any:
+        return self._get("SERIALIZER")
+
+    @property
+    def default_queue(self) -> str:
+        return str(self._get("DEFAULT_QUEUE"))
+
+    @property
+    def autodiscover(self) -> tuple[str, ...]:
+        value = self._get("AUTODISCOVER")
+        if isinstance(value, str):
+            return (value,)
+        return tuple(value or ())
+
+    @property
+    def worker_class(self) -> str:
+        return str(self._get("WORKER_CLASS"))
+
+    @property
+    def wait_poll_interval(self) -> float:
+        return float(self._get("WAIT_POLL_INTERVAL"))
+
+    @property
+    def installed_apps(self) -> list[str]:
+        return list(settings.INSTALLED_APPS)
+
+
+conf = JobsSettings()

@@ -1,0 +1,165 @@
+"""``@job``: turn a function into a :class:`JobFunction` with ``.delay()``."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
+
+if TYPE_CHECKING:
+    from rq import Retry
+
+    from .handles import JobHandle
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: Every function decorated with ``@job``, by dotted path.
+registry: dict[str, JobFunction[Any, Any]] = {}
+
+
+
+class JobFunction(Generic[P, R]):
+    """A function that can run now (call it) or in a worker (``.delay()``).
+
+    The queue is looked up by name when a job is enqueued, never when the
+    module is imported, so settings may change (tests, ``override_settings``).
+    """
+
+    def __init__(
+        self,
+        func: Callable[P, R],
+        *,
+        queue: str | None = None,
+        timeout: int | str | None = None,
+        result_ttl: int | None = None,
+        ttl: int | None = None,
+        failure_ttl: int | None = None,
+        retry: int | Retry | None = None,
+        description: str | None = None,
+    ) -> None:
+        qualname = getattr(func, "__qualname__", "")
+        if not callable(func) or "<locals>" in qualname or "<lambda>" in qualname:
+            raise TypeError(
+                f"@job needs a function defined at module level, so that a worker can import it; "
+                f"got {func!r}. Move it to the top level of a module (for example yourapp/jobs.py)."
+            )
+        if isinstance(retry, bool) or (isinstance(retry, int) and retry < 0):
+            raise TypeError(f"@job(retry=…) takes a number of retries >= 0 or an rq.Retry, not {retry!r}.")
+        functools.update_wrapper(self, func)
+        self.func = func
+        self.name = f"{func.__module__}.{qualname}"
+        self.queue_name = queue
+        self.timeout = timeout
+        self.result_ttl = result_ttl
+        self.ttl = ttl
+        self.failure_ttl = failure_ttl
+        self.retry = retry
+        self.description = description
+        self.signature = inspect.signature(func)
+        registry[self.name] = self
+
+    def __repr__(self) -> str:
+        return f"<JobFunction {self.name}>"
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run the function now, in this process."""
+        return self.func(*args, **kwargs)
+
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle[R]:
+        """Enqueue a call on the job's queue; return its handle at once.
+
+        Inside ``transaction.atomic()`` the job is pushed to Redis only when
+        the transaction commits, and not at all if it rolls back.
+        """
+        from .enqueue import enqueue
+
+        return enqueue(self, args, kwargs)
+
+    def apply_async(
+        self,
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        queue: str | None = None,
+        job_id: str | None = None,
+        depends_on: JobHandle[Any] | str | Iterable[JobHandle[Any] | str] | None = None,
+        at_front: bool = False,
+        timeout: int | str | None = None,
+    ) -> JobHandle[R]:
+        """Enqueue a call with per-call options; return its handle at once."""
+        from .enqueue import enqueue
+
+        return enqueue(
+            self,
+            tuple(args),
+            dict(kwargs or {}),
+            queue=queue,
+            job_id=job_id,
+            depends_on=depends_on,
+            at_front=at_front,
+            timeout=timeout,
+        )
+
+
+@overload
+def job(func_or_queue: Callable[P, R], /) -> JobFunction[P, R]: ...
+
+
+@overload
+def job(
+    func_or_queue: str | None = None,
+    /,
+    *,
+    queue: str | None = None,
+    timeout: int | str | None = None,
+    result_ttl: int | None = None,
+    ttl: int | None = None,
+    failure_ttl: int | None = None,
+    retry: int | Retry | None = None,
+    description: str | None = None,
+) -> Callable[[Callable[P, R]], JobFunction[P, R]]: ...
+
+
+def job(
+    func_or_queue: Callable[P, R] | str | None = None,
+    /,
+    *,
+    queue: str | None = None,
+    timeout: int | str | None = None,
+    result_ttl: int | None = None,
+    ttl: int | None = None,
+    failure_ttl: int | None = None,
+    retry: int | Retry | None = None,
+    description: str | None = None,
+) -> JobFunction[P, R] | Callable[[Callable[P, R]], JobFunction[P, R]]:
+    """Make a function a background job.
+
+    ``@job``, ``@job("emails")`` and ``@job(queue="high", timeout=60,
+    result_ttl=3600, ttl=600, retry=3, description="…")`` all work.
+    ``timeout`` is the most a run may take (seconds or "5m"), ``result_ttl``
+    how long RQ keeps the result in Redis (the row keeps it for good),
+    ``ttl`` how long the job may wait in its queue, ``retry`` how many times
+    a failed run is retried (or an ``rq.Retry`` with intervals).
+    """
+    if callable(func_or_queue):
+        return JobFunction(func_or_queue)
+    if func_or_queue is not None and queue is not None:
+        raise TypeError("@job: give the queue once, either @job('name') or @job(queue='name').")
+    if func_or_queue is not None and not isinstance(func_or_queue, str):
+        raise TypeError(f"@job: the queue name must be a str, not {type(func_or_queue).__name__}.")
+
+    def decorate(func: Callable[P, R]) -> JobFunction[P, R]:
+        return JobFunction(
+            func,
+            queue=func_or_queue or queue,
+            timeout=timeout,
+            result_ttl=result_ttl,
+            ttl=ttl,
+            failure_ttl=failure_ttl,
+            retry=retry,
+            description=description,
+        )
+
+    return decorate

@@ -1,0 +1,183 @@
+"""The one enqueue path: validate, write the row, push to Redis on commit.
+
+``.delay()`` inserts the :class:`~django_jobs.models.JobRecord` in the
+caller's transaction and pushes the job to Redis from
+``transaction.on_commit`` on the same database alias, so a rollback leaves
+neither a row nor a job, and outside ``atomic()`` the push happens at once.
+If Redis cannot be reached, the row stays ``queued`` with ``needs_push`` set
+and the caller carries on: nothing is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import Iterable
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from django.db import transaction
+from redis.exceptions import RedisError
+
+from . import records
+from .models import JobStatus
+from .payload import check_arguments, to_jsonable
+from .queues import default_result_ttl, get_queue, queue_config, uses_json
+
+if TYPE_CHECKING:
+    from .decorators import JobFunction
+    from .handles import JobHandle
+
+logger = logging.getLogger("django_jobs.enqueue")
+
+_JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+
+def new_job_id() -> str:
+    """A fresh job id, made here so that the caller has it before any I/O."""
+    return uuid.uuid4().hex
+
+
+def _dependency_ids(depends_on: Any) -> list[str]:
+    if depends_on is None:
+        return []
+    if isinstance(depends_on, str) or not isinstance(depends_on, Iterable):
+        depends_on = [depends_on]
+    ids = []
+    for item in depends_on:
+        job_id = item if isinstance(item, str) else getattr(item, "id", None)
+        if not isinstance(job_id, str):
+            raise TypeError(f"depends_on takes job handles or job ids, not {type(item).__name__}.")
+        ids.append(job_id)
+    return ids
+
+
+def _retry_options(retry: Any) -> dict[str, Any]:
+    if retry is None or retry == 0:
+        return {}
+    if isinstance(retry, int):
+        return {"retry_max": retry}
+    intervals = list(getattr(retry, "intervals", None) or [0])
+    return {"retry_max": int(retry.max), "retry_intervals": intervals}
+
+
+def enqueue(
+    function: JobFunction[Any, Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    queue: str | None = None,
+    job_id: str | None = None,
+    depends_on: Any = None,
+    at_front: bool = False,
+    timeout: int | str | None = None,
+) -> JobHandle[Any]:
+    """Enqueue ``function(*args, **kwargs)``; return its handle at once."""
+    from .conf import conf
+    from .handles import JobHandle
+
+    label = f"{function.name}()"
+    queue_name = queue or function.queue_name or conf.default_queue
+    queue_config(queue_name)  # raises UnknownQueueError listing the configured queues
+
+    try:
+        bound = function.signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise TypeError(f"{label}: the arguments do not fit its signature {function.signature}: {exc}.") from None
+    if uses_json():
+        check_arguments(label, bound.arguments)
+        stored_args, stored_kwargs = list(args), dict(kwargs)
+    else:
+        stored_args, stored_kwargs = to_jsonable(list(args)), to_jsonable(dict(kwargs))
+
+    if job_id is None:
+        job_id = new_job_id()
+    elif not isinstance(job_id, str) or not _JOB_ID.match(job_id):
+        raise ValueError(f"job_id {job_id!r} is invalid: use 1 to 128 characters from A-Z, a-z, 0-9, _ and -.")
+
+    options: dict[str, Any] = {}
+    for key, value in (
+        ("timeout", timeout if timeout is not None else function.timeout),
+        ("result_ttl", function.result_ttl),
+        ("ttl", function.ttl),
+        ("failure_ttl", function.failure_ttl),
+        ("description", function.description),
+    ):
+        if value is not None:
+            options[key] = value
+    options.update(_retry_options(function.retry))
+    dependencies = _dependency_ids(depends_on)
+    if dependencies:
+        options["depends_on"] = dependencies
+    if at_front:
+        options["at_front"] = True
+
+    using = records.db_alias()
+    records.create(
+        job_id=job_id,
+        func_name=function.name,
+        queue=queue_name,
+        args=stored_args,
+        kwargs=stored_kwargs,
+        status=JobStatus.DEFERRED if dependencies else JobStatus.QUEUED,
+        options=options,
+        using=using,
+    )
+    transaction.on_commit(
+        partial(push, job_id, function.name, queue_name, list(args), dict(kwargs), options, using),
+        using=using,
+    )
+    return JobHandle(job_id)
+
+
+def push(
+    job_id: str,
+    func_name: str,
+    queue_name: str,
+    args: list[Any],
+    kwargs: dict[str, Any],
+    options: dict[str, Any],
+    using: str,
+) -> bool:
+    """Put a job whose row exists into its RQ queue; return whether Redis took it.
+
+    Also the way back for a row that must be pushed again (``needs_push``, or
+    Redis lost its data): everything it needs is stored on the row.
+    """
+    from rq import Retry
+
+    retry = None
+    if options.get("retry_max"):
+        retry = Retry(max=options["retry_max"], interval=options.get("retry_intervals", 0))
+    try:
+        rq_queue = get_queue(queue_name)
+        rq_job = rq_queue.create_job(
+            func_name,
+            args=args,
+            kwargs=kwargs,
+            job_id=job_id,
+            timeout=options.get("timeout"),
+            result_ttl=options.get("result_ttl", default_result_ttl(queue_name)),
+            ttl=options.get("ttl"),
+            failure_ttl=options.get("failure_ttl"),
+            description=options.get("description"),
+            depends_on=options.get("depends_on"),
+            retry=retry,
+        )
+        rq_job = rq_queue.enqueue_job(rq_job, at_front=bool(options.get("at_front")))
+    except (RedisError, OSError) as exc:
+        logger.warning(
+            "Could not push job %s (%s) to Redis queue %r: %s. The row is kept as queued "
+            "with needs_push set, to be pushed again once Redis is back.",
+            job_id,
+            func_name,
+            queue_name,
+            exc,
+        )
+        records.mark_push_failed(job_id, using)
+        return False
+    if options.get("depends_on") and rq_job.get_status(refresh=False) != JobStatus.DEFERRED:
+        # Its dependencies had already finished: RQ queued it straight away.
+        records.mark_status(job_id, JobStatus.QUEUED)
+    return True

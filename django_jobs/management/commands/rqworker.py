@@ -1,0 +1,169 @@
+"""``manage.py rqworker high default``: run jobs from the named queues, in priority order."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import connections
+from django.utils.module_loading import import_string
+from redis.exceptions import RedisError
+
+from django_jobs.conf import conf
+from django_jobs.queues import UnknownQueueError, get_queues, resolve_serializer
+from django_jobs.worker import WORKER_CLASS_ALIASES, RecordingWorkerMixin
+
+logger = logging.getLogger("django_jobs.worker")
+
+
+def load_worker_class(value: str) -> type[Any]:
+    """Return the worker class for an alias ("fork", "simple") or a dotted path."""
+    from rq.worker import BaseWorker
+
+    path = WORKER_CLASS_ALIASES.get(value, value)
+    try:
+        cls = import_string(path)
+    except ImportError as exc:
+        raise CommandError(
+            f"--worker-class {value!r} cannot be imported ({exc}). Use 'fork' (the default), "
+            "'simple', or the dotted path of a subclass of django_jobs.worker.Worker."
+        ) from None
+    if not (isinstance(cls, type) and issubclass(cls, BaseWorker)):
+        raise CommandError(f"--worker-class {value!r} is not an RQ worker class.")
+    if not issubclass(cls, RecordingWorkerMixin):
+        raise CommandError(
+            f"--worker-class {value!r} does not record jobs in the database. Subclass "
+            "django_jobs.worker.Worker or django_jobs.worker.SimpleWorker instead of RQ's classes."
+        )
+    return cls
+
+
+class Command(BaseCommand):
+    help = (
+        "Run a worker on the given queues, in priority order (the first queue is always emptied first). "
+        "Every job's row is updated as it starts and ends."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("queues", nargs="*", help="Queue names in priority order (default: the default queue).")
+        parser.add_argument("--burst", action="store_true", help="Run until the queues are empty, then exit.")
+        parser.add_argument(
+            "--with-scheduler", action="store_true", help="Also run RQ's scheduler (delayed jobs and retry delays)."
+        )
+        parser.add_argument(
+            "--worker-class",
+            default=None,
+            help="'fork' (RQ's forking Worker, the default), 'simple' (SimpleWorker), or a dotted path.",
+        )
+        parser.add_argument("--max-jobs", type=int, default=None, help="Exit after this many jobs.")
+        parser.add_argument("--max-idle-time", type=int, default=None, help="Exit after this many idle seconds.")
+        parser.add_argument("--name", default=None, help="The worker's name (unique among running workers).")
+        parser.add_argument("--worker-ttl", type=int, default=None, help="Seconds a worker may go without heartbeat.")
+        parser.add_argument(
+            "--dequeue-strategy",
+            choices=["default", "round_robin", "random"],
+            default="default",
+            help="'default' keeps the queues' priority order.",
+        )
+        parser.add_argument(
+            "--pool", type=int, default=1, metavar="N", help="Run N worker processes, supervised by this one."
+        )
+        parser.add_argument("--logging-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR.")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        names: list[str] = options["queues"] or [conf.default_queue]
+        try:
+            queues = get_queues(names)
+        except UnknownQueueError as exc:
+            raise CommandError(str(exc)) from None
+        for number_option in ("max_jobs", "max_idle_time", "worker_ttl"):
+            value = options[number_option]
+            if value is not None and value <= 0:
+                raise CommandError(f"--{number_option.replace('_', '-')} must be a positive number, not {value}.")
+        if options["pool"] < 1:
+            raise CommandError(f"--pool must be 1 or more, not {options['pool']}.")
+        worker_class = load_worker_class(options["worker_class"] or conf.worker_class)
+        connection = queues[0].connection
+        kwargs = connection.connection_pool.connection_kwargs
+        for queue in queues[1:]:
+            if queue.connection.connection_pool.connection_kwargs != kwargs:
+                raise CommandError(
+                    f"Queues {names[0]!r} and {queue.name!r} use different Redis servers; "
+                    "run one worker per Redis server."
+                )
+        try:
+            connection.ping()
+        except (RedisError, OSError) as exc:
+            raise CommandError(
+                f"Cannot reach Redis for queue {names[0]!r} ({exc}). Check RQ_QUEUES[{names[0]!r}] "
+                "and that the Redis server is running."
+            ) from None
+
+        if options["pool"] > 1:
+            self.run_pool(names, options)
+            return
+
+        worker = worker_class(
+            queues,
+            connection=connection,
+            name=options["name"],
+            serializer=resolve_serializer(),
+            worker_ttl=options["worker_ttl"],
+        )
+        # Nothing opened so far may leak into the work horses.
+        connections.close_all()
+        worker.work(
+            burst=options["burst"],
+            with_scheduler=options["with_scheduler"],
+            max_jobs=options["max_jobs"],
+            max_idle_time=options["max_idle_time"],
+            logging_level=options["logging_level"].upper(),
+            dequeue_strategy=options["dequeue_strategy"],
+        )
+
+    def run_pool(self, names: list[str], options: dict[str, Any]) -> None:
+        """Run ``--pool N`` workers as child processes; restart one that crashes."""
+        base = [sys.executable, "-m", "django", "rqworker", *names, "--settings", settings.SETTINGS_MODULE]
+        for flag in ("burst", "with_scheduler"):
+            if options[flag]:
+                base.append("--" + flag.replace("_", "-"))
+        for flag in ("worker_class", "max_jobs", "max_idle_time", "worker_ttl", "dequeue_strategy", "logging_level"):
+            if options[flag] is not None:
+                base += ["--" + flag.replace("_", "-"), str(options[flag])]
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        prefix = options["name"] or f"pool-{os.uname().nodename}-{os.getpid()}"
+
+        def start(index: int) -> subprocess.Popen[bytes]:
+            return subprocess.Popen([*base, "--name", f"{prefix}-{index}"], env=env)
+
+        children = {index: start(index) for index in range(1, options["pool"] + 1)}
+        stopping = False
+
+        def forward(signum: int, frame: Any) -> None:
+            nonlocal stopping
+            stopping = True
+            for child in children.values():
+                if child.poll() is None:
+                    child.send_signal(signal.SIGTERM)
+
+        signal.signal(signal.SIGINT, forward)
+        signal.signal(signal.SIGTERM, forward)
+        self.stdout.write(f"Started {len(children)} workers on {', '.join(names)}.")
+        while children:
+            for index, child in list(children.items()):
+                code = child.poll()
+                if code is None:
+                    continue
+                del children[index]
+                if code != 0 and not stopping and not options["burst"]:
+                    logger.warning("Worker %s-%s exited with %s; starting it again.", prefix, index, code)
+                    children[index] = start(index)
+            time.sleep(0.2)
+

@@ -1,0 +1,96 @@
+"""The database side of django_jobs: one :class:`JobRecord` row per job."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import models
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+
+class JobStatus(models.TextChoices):
+    """RQ's status vocabulary, as stored on :class:`JobRecord`."""
+
+    SCHEDULED = "scheduled", _("scheduled")
+    QUEUED = "queued", _("queued")
+    DEFERRED = "deferred", _("deferred")
+    STARTED = "started", _("started")
+    FINISHED = "finished", _("finished")
+    FAILED = "failed", _("failed")
+    CANCELED = "canceled", _("canceled")
+    STOPPED = "stopped", _("stopped")
+
+
+#: Statuses after which a job does nothing more unless someone requeues it.
+FINAL_STATUSES = frozenset({JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.STOPPED})
+
+
+class JobRecordQuerySet(models.QuerySet["JobRecord"]):
+    def with_status(self, *statuses: str) -> JobRecordQuerySet:
+        return self.filter(status__in=statuses)
+
+    def unfinished(self) -> JobRecordQuerySet:
+        return self.exclude(status__in=FINAL_STATUSES)
+
+    def not_pushed(self) -> JobRecordQuerySet:
+        """Rows whose push to Redis failed at enqueue time."""
+        return self.filter(needs_push=True)
+
+
+class JobRecord(models.Model):
+    """A job: what to run, where, with what, and what happened to it.
+
+    The row is written in the caller's transaction when the job is enqueued
+    and updated by the worker at each step of the job's life; it outlives
+    RQ's short-lived data in Redis.
+    """
+
+    id = models.CharField(_("job id"), max_length=128, primary_key=True, editable=False)
+    func_name = models.CharField(_("function"), max_length=255)
+    queue = models.CharField(_("queue"), max_length=100)
+    status = models.CharField(_("status"), max_length=16, choices=JobStatus.choices, default=JobStatus.QUEUED)
+    args = models.JSONField(_("arguments"), default=list, blank=True)
+    kwargs = models.JSONField(_("keyword arguments"), default=dict, blank=True)
+    result = models.JSONField(_("result"), null=True, blank=True)
+    error = models.TextField(_("error"), blank=True, default="")
+    attempts = models.PositiveIntegerField(_("attempts"), default=0)
+    enqueued_at = models.DateTimeField(_("enqueued at"), default=timezone.now)
+    started_at = models.DateTimeField(_("started at"), null=True, blank=True)
+    ended_at = models.DateTimeField(_("ended at"), null=True, blank=True)
+    worker_name = models.CharField(_("worker"), max_length=255, blank=True, default="")
+    meta = models.JSONField(_("meta"), default=dict, blank=True)
+    # Enqueue options (timeout, result_ttl, ttl, retry, description, depends_on,
+    # at_front), kept so that the job can be pushed again from this row.
+    options = models.JSONField(_("options"), default=dict, blank=True)
+    # True when the push to Redis failed at enqueue; reconciliation pushes it.
+    needs_push = models.BooleanField(_("not yet pushed to Redis"), default=False)
+
+    objects = JobRecordQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = _("job")
+        verbose_name_plural = _("jobs")
+        ordering = ["-enqueued_at"]
+        get_latest_by = "enqueued_at"
+        indexes = [
+            models.Index(fields=["-enqueued_at"], name="django_jobs_enqueued_idx"),
+            models.Index(fields=["status", "-enqueued_at"], name="django_jobs_status_idx"),
+            models.Index(fields=["queue", "-enqueued_at"], name="django_jobs_queue_idx"),
+            models.Index(fields=["func_name", "-enqueued_at"], name="django_jobs_func_idx"),
+            models.Index(fields=["ended_at"], name="django_jobs_ended_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.func_name} [{self.id}] {self.status}"
+
+    @property
+    def duration(self) -> Any:
+        """Time between start and end, or None while the job has not ended."""
+        if self.started_at and self.ended_at:
+            return self.ended_at - self.started_at
+        return None
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_STATUSES

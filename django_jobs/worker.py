@@ -1,0 +1,139 @@
+"""RQ Job and Worker classes that keep each job's row up to date.
+
+The worker writes the row at each step of the job's life through
+``records.py``: started (attempt counted), finished (result), failed (full
+traceback), stopped, or put back for a retry. Database connections are
+closed before every fork and around every job, so a database that restarted
+between two jobs costs nothing but a reconnect.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from django.db import DatabaseError, InterfaceError, close_old_connections, connections
+from rq import SimpleWorker as RQSimpleWorker
+from rq import Worker as RQWorker
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from . import records
+from .exceptions import JobFunctionImportError
+from .models import JobStatus
+from .payload import check_result
+
+if TYPE_CHECKING:
+    from rq import Queue
+    from rq.executions import Execution
+
+logger = logging.getLogger("django_jobs.worker")
+
+
+class JobsJob(Job):
+    """An RQ job that explains an unimportable function and insists on a JSON result."""
+
+    @property
+    def func(self) -> Any:
+        try:
+            return super().func
+        except Exception as exc:
+            raise JobFunctionImportError(self.func_name or "", exc) from exc
+
+    def _execute(self) -> Any:
+        result = super()._execute()
+        if self.serializer is JSONSerializer:
+            check_result(f"Job {self.func_name}()", result)
+        return result
+
+
+def _write(step: Callable[..., None], *args: Any) -> None:
+    """Apply one row update; a database error is logged and never kills the worker."""
+    try:
+        step(*args)
+    except (DatabaseError, InterfaceError):
+        logger.exception("Could not record %s for job %s", step.__name__, getattr(args[0], "id", args[0]))
+        close_old_connections()
+
+
+class RecordingWorkerMixin:
+    """Lifecycle hooks shared by :class:`Worker` and :class:`SimpleWorker`."""
+
+    job_class = JobsJob
+    name: str
+    _stopped_job_id: str | None
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        close_old_connections()
+        try:
+            super().execute_job(job, queue)  # type: ignore[misc]
+        finally:
+            close_old_connections()
+
+    def perform_job(self, job: Job, queue: Queue, execution: Execution) -> bool:
+        _write(records.mark_started, job, self.name)
+        result: bool = super().perform_job(job, queue, execution)  # type: ignore[misc]
+        return result
+
+    def handle_job_success(self, job: Job, queue: Queue, started_job_registry: Any, execution: Execution) -> None:
+        super().handle_job_success(job, queue, started_job_registry, execution)  # type: ignore[misc]
+        _write(records.mark_finished, job.id, job._result)
+
+    def handle_job_failure(
+        self,
+        job: Job,
+        queue: Queue,
+        started_job_registry: Any = None,
+        exc_string: str = "",
+        execution: Execution | None = None,
+    ) -> None:
+        stopped = self._stopped_job_id == job.id
+        retry = bool(job.should_retry) and not stopped
+        super().handle_job_failure(  # type: ignore[misc]
+            job, queue, started_job_registry=started_job_registry, exc_string=exc_string, execution=execution
+        )
+        if stopped:
+            _write(records.mark_failed, job.id, exc_string or "Stopped on request.", JobStatus.STOPPED)
+        elif retry:
+            status = job.get_status(refresh=False)
+            status = status if status in (JobStatus.QUEUED, JobStatus.SCHEDULED) else JobStatus.QUEUED
+            _write(records.mark_retrying, job.id, exc_string, status)
+        else:
+            _write(records.mark_failed, job.id, exc_string)
+
+    def handle_job_retry(self, job: Job, queue: Queue, retry: Any, started_job_registry: Any, execution: Any) -> None:
+        super().handle_job_retry(job, queue, retry, started_job_registry, execution)  # type: ignore[misc]
+        status = str(job.get_status(refresh=False) or JobStatus.QUEUED)
+        message = "The job returned rq.Retry."
+        if status == JobStatus.FAILED:
+            _write(records.mark_failed, job.id, message + " No retries left.")
+        else:
+            _write(records.mark_retrying, job.id, message, status)
+
+
+class Worker(RecordingWorkerMixin, RQWorker):
+    """RQ's forking worker: each job runs in a fresh child process (isolation, hard timeouts)."""
+
+    def fork_work_horse(self, job: Job, queue: Queue) -> None:
+        # A connection must never be shared between the parent and the child.
+        connections.close_all()
+        super().fork_work_horse(job, queue)
+
+    def perform_job(self, job: Job, queue: Queue, execution: Execution) -> bool:
+        try:
+            return super().perform_job(job, queue, execution)
+        finally:
+            if self.is_horse:
+                connections.close_all()
+
+
+class SimpleWorker(RecordingWorkerMixin, RQSimpleWorker):
+    """RQ's in-process worker: no fork per job (faster, no isolation between jobs)."""
+
+
+WORKER_CLASS_ALIASES: dict[str, str] = {
+    "fork": "django_jobs.worker.Worker",
+    "worker": "django_jobs.worker.Worker",
+    "simple": "django_jobs.worker.SimpleWorker",
+}

@@ -1,0 +1,84 @@
+"""Settings for django_jobs' own tests.
+
+SQLite files by default (worker subprocesses must see the same database, so
+not in memory); PostgreSQL when DATABASE_URL is set. Redis comes from
+REDIS_URL, which the test session sets to a throwaway server it starts
+unless the environment already gives one.
+"""
+
+import os
+import tempfile
+
+BASE_DIR = os.path.dirname(os.path.abspath(__file__))
+SECRET_KEY = "django-jobs-tests-not-secret"
+DEBUG = False
+USE_TZ = True
+TIME_ZONE = "UTC"
+ROOT_URLCONF = "tests.urls"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django_jobs",
+    "tests.testapp",
+]
+
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+_DB_DIR = os.environ.get("DJANGO_JOBS_TEST_DB_DIR") or tempfile.gettempdir()
+if os.environ.get("DATABASE_URL"):
+    import dj_database_url
+
+    DATABASES = {"default": dj_database_url.parse(os.environ["DATABASE_URL"])}
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": os.path.join(_DB_DIR, "django_jobs_tests.sqlite3"),
+            "OPTIONS": {"timeout": 30},
+            "TEST": {"NAME": os.path.join(_DB_DIR, f"django_jobs_test_{os.getpid()}.sqlite3")},
+        }
+    }
+
+# A worker subprocess started by a test uses the test database by this name.
+if os.environ.get("DJANGO_JOBS_TEST_DB_NAME"):
+    DATABASES["default"]["NAME"] = os.environ["DJANGO_JOBS_TEST_DB_NAME"]
+
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+RQ_QUEUES = {
+    "default": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 60},
+    "high": {"URL": REDIS_URL},
+    "low": {"URL": REDIS_URL},
+    "emails": {"URL": REDIS_URL},
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"django_jobs": {"handlers": ["console"], "level": "WARNING"}},
+}

@@ -1,0 +1,58 @@
+"""Jobs used by the tests; imported by the worker through autodiscovery."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from django_jobs import job
+from django_jobs.models import JobRecord
+
+
+@job
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@job("high")
+def echo(value: Any) -> Any:
+    return value
+
+
+@job(queue="low", timeout=30, result_ttl=600, ttl=300, description="fails on purpose")
+def explode(message: str) -> None:
+    raise ValueError(message)
+
+
+@job("emails", retry=2)
+def flaky(marker_path: str) -> str:
+    """Fail until called a third time (the attempt count lives in a file)."""
+    count = int(open(marker_path).read()) + 1 if os.path.exists(marker_path) else 1
+    with open(marker_path, "w") as handle:
+        handle.write(str(count))
+    if count < 3:
+        raise RuntimeError(f"attempt {count} fails")
+    return f"ok after {count}"
+
+
+@job
+def returns_object() -> Any:
+    return object()
+
+
+@job
+def count_rows() -> int:
+    """Touch the database from inside a job."""
+    return JobRecord.objects.count()
+
+
+@job
+def sleep_for(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+@job
+def pid() -> int:
+    return os.getpid()
