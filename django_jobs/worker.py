@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from django.db import DatabaseError, InterfaceError, close_old_connections, connections
+from django.db import DatabaseError, InterfaceError, connections
 from rq import SimpleWorker as RQSimpleWorker
 from rq import Worker as RQWorker
 from rq.job import Job
@@ -48,13 +48,26 @@ class JobsJob(Job):
         return result
 
 
+def reset_database_connections() -> None:
+    """Drop database connections that are broken or past ``CONN_MAX_AGE``.
+
+    Django does this around each request; a worker does it around each job.
+    A persistent connection is also checked with a round trip, so that a
+    database restarted between two jobs costs a reconnect, not an error.
+    """
+    for conn in connections.all(initialized_only=True):
+        conn.close_if_unusable_or_obsolete()
+        if conn.connection is not None and not conn.is_usable():
+            conn.close()
+
+
 def _write(step: Callable[..., None], *args: Any) -> None:
     """Apply one row update; a database error is logged and never kills the worker."""
     try:
         step(*args)
     except (DatabaseError, InterfaceError):
         logger.exception("Could not record %s for job %s", step.__name__, getattr(args[0], "id", args[0]))
-        close_old_connections()
+        reset_database_connections()
 
 
 class RecordingWorkerMixin:
@@ -65,11 +78,11 @@ class RecordingWorkerMixin:
     _stopped_job_id: str | None
 
     def execute_job(self, job: Job, queue: Queue) -> None:
-        close_old_connections()
+        reset_database_connections()
         try:
             super().execute_job(job, queue)  # type: ignore[misc]
         finally:
-            close_old_connections()
+            reset_database_connections()
 
     def perform_job(self, job: Job, queue: Queue, execution: Execution) -> bool:
         _write(records.mark_started, job, self.name)

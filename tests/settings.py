@@ -54,6 +54,8 @@ if os.environ.get("DATABASE_URL"):
     import dj_database_url
 
     DATABASES = {"default": dj_database_url.parse(os.environ["DATABASE_URL"])}
+    # One test database per run, so that runs side by side (tox envs) do not collide.
+    DATABASES["default"]["TEST"] = {"NAME": f"test_{DATABASES['default']['NAME']}_{os.getpid()}"}
 else:
     DATABASES = {
         "default": {
@@ -63,6 +65,9 @@ else:
             "TEST": {"NAME": os.path.join(_DB_DIR, f"django_jobs_test_{os.getpid()}.sqlite3")},
         }
     }
+
+if os.environ.get("DJANGO_JOBS_TEST_CONN_MAX_AGE"):
+    DATABASES["default"]["CONN_MAX_AGE"] = int(os.environ["DJANGO_JOBS_TEST_CONN_MAX_AGE"])
 
 # A worker subprocess started by a test uses the test database by this name.
 if os.environ.get("DJANGO_JOBS_TEST_DB_NAME"):

@@ -1,0 +1,101 @@
+"""One test per system check id, plus a clean configuration that passes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.core import checks
+from django.test.utils import override_settings
+
+from django_jobs.checks import check_app_order, check_options, check_queues, check_serializer
+
+URL = {"URL": "redis://127.0.0.1:6379/0"}
+
+
+def ids(messages: list[Any]) -> list[str]:
+    return [message.id for message in messages]
+
+
+def test_configured_test_settings_pass_all_checks() -> None:
+    assert [m for m in checks.run_checks() if m.id.startswith("django_jobs")] == []
+
+
+@pytest.mark.parametrize("value", [None, {}, []])
+def test_e001_missing_or_empty_rq_queues(settings: Any, value: Any) -> None:
+    if value is None:
+        del settings.RQ_QUEUES
+    else:
+        settings.RQ_QUEUES = value
+    messages = check_queues()
+    assert ids(messages) == ["django_jobs.E001"]
+    assert "RQ_QUEUES" in messages[0].hint
+
+
+def test_e002_queue_without_connection_settings(settings: Any) -> None:
+    settings.RQ_QUEUES = {"default": URL, "emails": {"DEFAULT_TIMEOUT": 30}}
+    messages = check_queues()
+    assert ids(messages) == ["django_jobs.E002"]
+    assert "'emails'" in messages[0].msg
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"HOST": "localhost", "PORT": 6379, "DB": 0},
+        {"UNIX_SOCKET_PATH": "/tmp/redis.sock", "DB": 0},
+        {"SENTINELS": [("localhost", 26379)], "MASTER_NAME": "mymaster"},
+        {"USE_REDIS_CACHE": "default"},
+    ],
+)
+def test_every_django_rq_connection_style_satisfies_e002(settings: Any, config: dict[str, Any]) -> None:
+    settings.RQ_QUEUES = {"default": config}
+    assert check_queues() == []
+
+
+def test_e003_unknown_key_suggests_the_close_one(settings: Any) -> None:
+    settings.DJANGO_JOBS = {"SERIALISER": "json"}
+    messages = check_options()
+    assert ids(messages) == ["django_jobs.E003"]
+    assert "'SERIALIZER'" in messages[0].hint
+
+
+def test_e004_bad_option_values(settings: Any) -> None:
+    settings.DJANGO_JOBS = {"SERIALIZER": "no.such.module.Serializer", "WAIT_POLL_INTERVAL": 0}
+    messages = check_options()
+    assert ids(messages) == ["django_jobs.E004", "django_jobs.E004"]
+    settings.DJANGO_JOBS = ["not", "a", "dict"]
+    assert ids(check_options()) == ["django_jobs.E004"]
+
+
+def test_e005_default_queue_not_configured(settings: Any) -> None:
+    settings.DJANGO_JOBS = {"DEFAULT_QUEUE": "missing"}
+    messages = check_options()
+    assert ids(messages) == ["django_jobs.E005"]
+    assert "default, high, low, emails" in messages[0].hint
+
+
+def test_w001_django_rq_listed_before_django_jobs(settings: Any) -> None:
+    apps = [app for app in settings.INSTALLED_APPS if app != "django_jobs"]
+    with override_settings(INSTALLED_APPS=[*apps[:-1], "django_rq", "django_jobs", apps[-1]]):
+        assert ids(check_app_order()) == ["django_jobs.W001"]
+    with override_settings(INSTALLED_APPS=[*apps[:-1], "django_jobs", "django_rq", apps[-1]]):
+        assert check_app_order() == []
+
+
+def test_w002_pickle_serializer_in_either_setting(settings: Any) -> None:
+    settings.DJANGO_JOBS = {"SERIALIZER": "pickle"}
+    messages = check_serializer()
+    assert ids(messages) == ["django_jobs.W002"]
+    assert "DJANGO_JOBS['SERIALIZER']" in messages[0].msg
+    settings.DJANGO_JOBS = {}
+    settings.RQ_QUEUES = {"default": {**URL, "SERIALIZER": "rq.serializers.PickleSerializer"}}
+    assert ids(check_serializer()) == ["django_jobs.W002"]
+    settings.RQ_QUEUES = {"default": URL}
+    assert check_serializer() == []
+
+
+def test_checks_run_through_manage_check(manage: Any) -> None:
+    result = manage("check")
+    assert result.returncode == 0, result.stderr
+    assert "no issues" in result.stdout
