@@ -9,7 +9,6 @@ from django.http import HttpRequest
 
 from .models import JobRecord
 
-
 if TYPE_CHECKING:
     ModelAdmin = admin.ModelAdmin[JobRecord]
 else:

@@ -29,7 +29,11 @@ EXAMPLE_QUEUES = 'RQ_QUEUES = {"default": {"URL": "redis://127.0.0.1:6379/0"}}'
 def _is_pickle(value: Any) -> bool:
     if value is None:
         return False
-    text = value if isinstance(value, str) else f"{getattr(value, '__module__', '')}.{getattr(value, '__name__', '')}"
+    text = (
+        value
+        if isinstance(value, str)
+        else f"{getattr(value, '__module__', '')}.{getattr(value, '__name__', '')}"
+    )
     return "pickle" in text.lower()
 
 
@@ -91,7 +95,8 @@ def check_options(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
         messages.append(
             Error(
                 f"DJANGO_JOBS['SERIALIZER'] = {conf.serializer!r} is not usable: {exc}.",
-                hint='Use "json" (the default), "pickle", or the dotted path of an object with dumps() and loads().',
+                hint='Use "json" (the default), "pickle", or the dotted path of an object '
+                "with dumps() and loads().",
                 id="django_jobs.E004",
             )
         )

@@ -19,7 +19,6 @@ R = TypeVar("R")
 registry: dict[str, JobFunction[Any, Any]] = {}
 
 
-
 class JobFunction(Generic[P, R]):
     """A function that can run now (call it) or in a worker (``.delay()``).
 

@@ -84,7 +84,9 @@ def enqueue(
     try:
         bound = function.signature.bind(*args, **kwargs)
     except TypeError as exc:
-        raise TypeError(f"{label}: the arguments do not fit its signature {function.signature}: {exc}.") from None
+        raise TypeError(
+            f"{label}: the arguments do not fit its signature {function.signature}: {exc}."
+        ) from None
     if uses_json():
         check_arguments(label, bound.arguments)
         stored_args, stored_kwargs = list(args), dict(kwargs)
@@ -94,7 +96,9 @@ def enqueue(
     if job_id is None:
         job_id = new_job_id()
     elif not isinstance(job_id, str) or not _JOB_ID.match(job_id):
-        raise ValueError(f"job_id {job_id!r} is invalid: use 1 to 128 characters from A-Z, a-z, 0-9, _ and -.")
+        raise ValueError(
+            f"job_id {job_id!r} is invalid: use 1 to 128 characters from A-Z, a-z, 0-9, _ and -."
+        )
 
     options: dict[str, Any] = {}
     for key, value in (
@@ -146,6 +150,7 @@ def push(
     Redis lost its data): everything it needs is stored on the row.
     """
     from rq import Retry
+    from rq.job import JobStatus as RQJobStatus
 
     retry = None
     if options.get("retry_max"):
@@ -177,7 +182,7 @@ def push(
         )
         records.mark_push_failed(job_id, using)
         return False
-    if options.get("depends_on") and rq_job.get_status(refresh=False) != JobStatus.DEFERRED:
+    if options.get("depends_on") and rq_job.get_status(refresh=False) != RQJobStatus.DEFERRED:
         # Its dependencies had already finished: RQ queued it straight away.
         records.mark_status(job_id, JobStatus.QUEUED)
     return True

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from .conf import conf
 from .exceptions import JobFailed, JobWaitTimeout
@@ -57,8 +57,7 @@ class JobHandle(Generic[R]):
         record = self.record
         if record is None or record.status != JobStatus.FINISHED:
             return None
-        value: R = record.result
-        return value
+        return cast(R, record.result)
 
     def wait(self, timeout: float = 30.0) -> R:
         """Block until the job ends and return its result.
@@ -73,8 +72,7 @@ class JobHandle(Generic[R]):
             record = self.record
             if record is not None and record.status in FINAL_STATUSES:
                 if record.status == JobStatus.FINISHED:
-                    value: R = record.result
-                    return value
+                    return cast(R, record.result)
                 raise JobFailed(self.id, record.status, record.error)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -91,7 +89,9 @@ class JobHandle(Generic[R]):
         record = self.record
         queue = get_queue(record.queue if record else None)
         try:
-            job: Job = queue.job_class.fetch(self.id, connection=queue.connection, serializer=queue.serializer)
+            job: Job = queue.job_class.fetch(
+                self.id, connection=queue.connection, serializer=queue.serializer
+            )
         except NoSuchJobError:
             return None
         return job

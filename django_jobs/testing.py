@@ -57,8 +57,9 @@ def _free_port() -> int:
 class RedisServer:
     """A real, disposable Redis server: ``with RedisServer() as server: server.url``."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, extra_args: list[str] | None = None) -> None:
         self.port = port or _free_port()
+        self.extra_args = list(extra_args or [])
         self.binary = find_redis_server()
         self.directory = ""
         self.process: subprocess.Popen[bytes] | None = None
@@ -77,6 +78,7 @@ class RedisServer:
             "--appendonly", "no",
             "--dir", self.directory,
             "--logfile", os.path.join(self.directory, "redis.log"),
+            *self.extra_args,
         ]  # fmt: skip
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         atexit.register(self.stop)
@@ -84,7 +86,9 @@ class RedisServer:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 error = self.process.stderr.read().decode() if self.process.stderr else ""
-                raise RedisServerError(f"redis-server exited at start ({self.binary}): {error or self._log()}")
+                raise RedisServerError(
+                    f"redis-server exited at start ({self.binary}): {error or self._log()}"
+                )
             if self._ping():
                 return self
             time.sleep(0.05)
@@ -139,6 +143,9 @@ def run_burst(queues: list[str] | None = None, **worker_kwargs: Any) -> bool:
 
     names = queues or queue_names()
     worker = SimpleWorker(
-        get_queues(names), connection=get_connection(names[0]), serializer=resolve_serializer(), **worker_kwargs
+        get_queues(names),
+        connection=get_connection(names[0]),
+        serializer=resolve_serializer(),
+        **worker_kwargs,
     )
     return bool(worker.work(burst=True, logging_level="WARNING"))

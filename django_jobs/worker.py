@@ -17,6 +17,7 @@ from django.db import DatabaseError, InterfaceError, connections
 from rq import SimpleWorker as RQSimpleWorker
 from rq import Worker as RQWorker
 from rq.job import Job
+from rq.job import JobStatus as RQJobStatus
 from rq.serializers import JSONSerializer
 
 from . import records
@@ -89,7 +90,9 @@ class RecordingWorkerMixin:
         result: bool = super().perform_job(job, queue, execution)  # type: ignore[misc]
         return result
 
-    def handle_job_success(self, job: Job, queue: Queue, started_job_registry: Any, execution: Execution) -> None:
+    def handle_job_success(
+        self, job: Job, queue: Queue, started_job_registry: Any, execution: Execution
+    ) -> None:
         super().handle_job_success(job, queue, started_job_registry, execution)  # type: ignore[misc]
         _write(records.mark_finished, job.id, job._result)
 
@@ -109,20 +112,30 @@ class RecordingWorkerMixin:
         if stopped:
             _write(records.mark_failed, job.id, exc_string or "Stopped on request.", JobStatus.STOPPED)
         elif retry:
-            status = job.get_status(refresh=False)
-            status = status if status in (JobStatus.QUEUED, JobStatus.SCHEDULED) else JobStatus.QUEUED
-            _write(records.mark_retrying, job.id, exc_string, status)
+            # RQ put the job back: at once (queued) or after an interval (scheduled).
+            scheduled = job.get_status(refresh=False) == RQJobStatus.SCHEDULED
+            _write(
+                records.mark_retrying,
+                job.id,
+                exc_string,
+                JobStatus.SCHEDULED if scheduled else JobStatus.QUEUED,
+            )
         else:
             _write(records.mark_failed, job.id, exc_string)
 
-    def handle_job_retry(self, job: Job, queue: Queue, retry: Any, started_job_registry: Any, execution: Any) -> None:
+    def handle_job_retry(
+        self, job: Job, queue: Queue, retry: Any, started_job_registry: Any, execution: Any
+    ) -> None:
         super().handle_job_retry(job, queue, retry, started_job_registry, execution)  # type: ignore[misc]
-        status = str(job.get_status(refresh=False) or JobStatus.QUEUED)
+        status = job.get_status(refresh=False)
         message = "The job returned rq.Retry."
-        if status == JobStatus.FAILED:
+        if status == RQJobStatus.FAILED:
             _write(records.mark_failed, job.id, message + " No retries left.")
         else:
-            _write(records.mark_retrying, job.id, message, status)
+            scheduled = status == RQJobStatus.SCHEDULED
+            _write(
+                records.mark_retrying, job.id, message, JobStatus.SCHEDULED if scheduled else JobStatus.QUEUED
+            )
 
 
 class Worker(RecordingWorkerMixin, RQWorker):

@@ -51,7 +51,9 @@ def redis(redis_url: str) -> Iterator[Any]:
     connection_.flushdb()
 
 
-def run_manage(*args: str, timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_manage(
+    *args: str, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run ``manage.py`` against the test database and Redis, as a separate process."""
     full_env = dict(os.environ)
     full_env["DJANGO_SETTINGS_MODULE"] = "tests.settings"

@@ -28,7 +28,10 @@ def explode(message: str) -> None:
 @job("emails", retry=2)
 def flaky(marker_path: str) -> str:
     """Fail until called a third time (the attempt count lives in a file)."""
-    count = int(open(marker_path).read()) + 1 if os.path.exists(marker_path) else 1
+    count = 1
+    if os.path.exists(marker_path):
+        with open(marker_path) as handle:
+            count = int(handle.read()) + 1
     with open(marker_path, "w") as handle:
         handle.write(str(count))
     if count < 3:

@@ -52,10 +52,14 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("queues", nargs="*", help="Queue names in priority order (default: the default queue).")
+        parser.add_argument(
+            "queues", nargs="*", help="Queue names in priority order (default: the default queue)."
+        )
         parser.add_argument("--burst", action="store_true", help="Run until the queues are empty, then exit.")
         parser.add_argument(
-            "--with-scheduler", action="store_true", help="Also run RQ's scheduler (delayed jobs and retry delays)."
+            "--with-scheduler",
+            action="store_true",
+            help="Also run RQ's scheduler (delayed jobs and retry delays).",
         )
         parser.add_argument(
             "--worker-class",
@@ -63,9 +67,13 @@ class Command(BaseCommand):
             help="'fork' (RQ's forking Worker, the default), 'simple' (SimpleWorker), or a dotted path.",
         )
         parser.add_argument("--max-jobs", type=int, default=None, help="Exit after this many jobs.")
-        parser.add_argument("--max-idle-time", type=int, default=None, help="Exit after this many idle seconds.")
+        parser.add_argument(
+            "--max-idle-time", type=int, default=None, help="Exit after this many idle seconds."
+        )
         parser.add_argument("--name", default=None, help="The worker's name (unique among running workers).")
-        parser.add_argument("--worker-ttl", type=int, default=None, help="Seconds a worker may go without heartbeat.")
+        parser.add_argument(
+            "--worker-ttl", type=int, default=None, help="Seconds a worker may go without heartbeat."
+        )
         parser.add_argument(
             "--dequeue-strategy",
             choices=["default", "round_robin", "random"],
@@ -86,7 +94,9 @@ class Command(BaseCommand):
         for number_option in ("max_jobs", "max_idle_time", "worker_ttl"):
             value = options[number_option]
             if value is not None and value <= 0:
-                raise CommandError(f"--{number_option.replace('_', '-')} must be a positive number, not {value}.")
+                raise CommandError(
+                    f"--{number_option.replace('_', '-')} must be a positive number, not {value}."
+                )
         if options["pool"] < 1:
             raise CommandError(f"--pool must be 1 or more, not {options['pool']}.")
         worker_class = load_worker_class(options["worker_class"] or conf.worker_class)
@@ -134,7 +144,14 @@ class Command(BaseCommand):
         for flag in ("burst", "with_scheduler"):
             if options[flag]:
                 base.append("--" + flag.replace("_", "-"))
-        for flag in ("worker_class", "max_jobs", "max_idle_time", "worker_ttl", "dequeue_strategy", "logging_level"):
+        for flag in (
+            "worker_class",
+            "max_jobs",
+            "max_idle_time",
+            "worker_ttl",
+            "dequeue_strategy",
+            "logging_level",
+        ):
             if options[flag] is not None:
                 base += ["--" + flag.replace("_", "-"), str(options[flag])]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
@@ -166,4 +183,3 @@ class Command(BaseCommand):
                     logger.warning("Worker %s-%s exited with %s; starting it again.", prefix, index, code)
                     children[index] = start(index)
             time.sleep(0.2)
-
