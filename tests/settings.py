@@ -66,6 +66,14 @@ else:
         }
     }
 
+# A second alias, for the tests that route job rows to their own database.
+DATABASES["jobs"] = {**DATABASES["default"]}
+if DATABASES["jobs"]["ENGINE"].endswith("sqlite3"):
+    DATABASES["jobs"]["NAME"] = os.path.join(_DB_DIR, "django_jobs_tests_jobs.sqlite3")
+    DATABASES["jobs"]["TEST"] = {"NAME": os.path.join(_DB_DIR, f"django_jobs_test_jobs_{os.getpid()}.sqlite3")}
+else:
+    DATABASES["jobs"]["TEST"] = {"NAME": f"{DATABASES['default']['TEST']['NAME']}_jobs"}
+
 if os.environ.get("DJANGO_JOBS_TEST_CONN_MAX_AGE"):
     DATABASES["default"]["CONN_MAX_AGE"] = int(os.environ["DJANGO_JOBS_TEST_CONN_MAX_AGE"])
 

@@ -189,3 +189,30 @@ def test_pickle_serializer_opt_in_accepts_any_argument(settings: Any) -> None:
     queue = get_queue("high")
     job = Job.fetch(handle.id, connection=queue.connection, serializer=queue.serializer)
     assert job.args == [datetime.date(2026, 1, 2)] or job.args == (datetime.date(2026, 1, 2),)
+
+
+class JobsDatabaseRouter:
+    """Route job rows to the "jobs" database."""
+
+    def db_for_write(self, model: Any, **hints: Any) -> str | None:
+        return "jobs" if model._meta.app_label == "django_jobs" else None
+
+    db_for_read = db_for_write
+
+    def allow_migrate(self, db: str, app_label: str, **hints: Any) -> bool:
+        return True
+
+
+@pytest.mark.django_db(transaction=True, databases=["default", "jobs"])
+def test_the_push_waits_for_the_commit_of_the_database_the_row_is_on() -> None:
+    with override_settings(DATABASE_ROUTERS=[JobsDatabaseRouter()]):
+        with transaction.atomic(using="default"):
+            other = add.delay(1, 1)
+            # The row is on "jobs", outside this transaction: pushed at once.
+            assert queued_ids() == [other.id]
+        with transaction.atomic(using="jobs"):
+            handle = add.delay(2, 2)
+            assert queued_ids() == [other.id]
+        assert queued_ids() == [other.id, handle.id]
+        assert JobRecord.objects.using("jobs").filter(pk__in=[other.id, handle.id]).count() == 2
+        assert not JobRecord.objects.using("default").exists()
