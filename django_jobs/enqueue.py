@@ -135,6 +135,21 @@ def enqueue(
     return JobHandle(job_id)
 
 
+def run_inline(rq_queue: Any, rq_job: Any) -> None:
+    """Run a job now, in this process, for a queue with ``"ASYNC": False`` (django-rq's test mode).
+
+    It goes through the same worker code as in production, so the row ends
+    ``finished`` or ``failed`` exactly as a worker would leave it; the
+    caller's database connection is left alone.
+    """
+    from .worker import SimpleWorker, run_job_in_process
+
+    rq_job.origin = rq_queue.name
+    rq_job.save()
+    worker = SimpleWorker([rq_queue], connection=rq_queue.connection, serializer=rq_queue.serializer)
+    run_job_in_process(worker, rq_job, rq_queue)
+
+
 def push(
     job_id: str,
     func_name: str,
@@ -170,6 +185,9 @@ def push(
             depends_on=options.get("depends_on"),
             retry=retry,
         )
+        if queue_config(queue_name).get("ASYNC", True) is False:
+            run_inline(rq_queue, rq_job)
+            return True
         rq_job = rq_queue.enqueue_job(rq_job, at_front=bool(options.get("at_front")))
     except (RedisError, OSError) as exc:
         logger.warning(

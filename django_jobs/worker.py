@@ -158,6 +158,11 @@ class SimpleWorker(RecordingWorkerMixin, RQSimpleWorker):
     """RQ's in-process worker: no fork per job (faster, no isolation between jobs)."""
 
 
+def run_job_in_process(worker: SimpleWorker, job: Job, queue: Queue) -> None:
+    """Run one job with ``worker``'s lifecycle hooks but without touching database connections."""
+    RQSimpleWorker.execute_job(worker, job, queue)
+
+
 WORKER_CLASS_ALIASES: dict[str, str] = {
     "fork": "django_jobs.worker.Worker",
     "worker": "django_jobs.worker.Worker",

@@ -274,3 +274,33 @@ def test_database_restart_between_jobs_causes_no_error(worker_class: str) -> Non
         output = worker.communicate(timeout=60)[0]
     assert "Could not record" not in output
     assert "Traceback" not in output
+
+
+def test_async_false_queue_runs_the_job_at_enqueue(redis_url: str) -> None:
+    from django.test.utils import override_settings
+
+    with override_settings(
+        RQ_QUEUES={"default": {"URL": redis_url, "ASYNC": False}, "low": {"URL": redis_url}}
+    ):
+        handle = add.delay(2, 2)
+        assert handle.status == "finished"
+        assert handle.result == 4
+        assert JobRecord.objects.get(pk=handle.id).attempts == 1
+        failing = explode.apply_async(("inline",), queue="default")
+        record = JobRecord.objects.get(pk=failing.id)
+        assert record.status == "failed"
+        assert "ValueError: inline" in record.error
+        assert get_queue("default").count == 0  # nothing left for a worker
+
+
+@pytest.mark.django_db(transaction=False)
+def test_async_false_inside_a_test_transaction(
+    redis_url: str, django_capture_on_commit_callbacks: Any
+) -> None:
+    from django.test.utils import override_settings
+
+    with override_settings(RQ_QUEUES={"default": {"URL": redis_url, "ASYNC": False}}):
+        with django_capture_on_commit_callbacks(execute=True):
+            handle = add.delay(5, 5)
+        assert handle.result == 10
+        assert JobRecord.objects.filter(pk=handle.id, status="finished").exists()
