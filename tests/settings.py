@@ -70,7 +70,9 @@ else:
 DATABASES["jobs"] = {**DATABASES["default"]}
 if DATABASES["jobs"]["ENGINE"].endswith("sqlite3"):
     DATABASES["jobs"]["NAME"] = os.path.join(_DB_DIR, "django_jobs_tests_jobs.sqlite3")
-    DATABASES["jobs"]["TEST"] = {"NAME": os.path.join(_DB_DIR, f"django_jobs_test_jobs_{os.getpid()}.sqlite3")}
+    DATABASES["jobs"]["TEST"] = {
+        "NAME": os.path.join(_DB_DIR, f"django_jobs_test_jobs_{os.getpid()}.sqlite3")
+    }
 else:
     DATABASES["jobs"]["TEST"] = {"NAME": f"{DATABASES['default']['TEST']['NAME']}_jobs"}
 
