@@ -18,7 +18,6 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
-from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 
 from .conf import CONNECTION_KEYS, DEFAULTS, conf
@@ -39,7 +38,7 @@ def _is_pickle(value: Any) -> bool:
 
 @register(Tags.compatibility)
 def check_queues(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    queues = getattr(settings, "RQ_QUEUES", None)
+    queues = conf.raw_queues
     if not isinstance(queues, dict) or not queues:
         return [
             Error(
@@ -64,7 +63,7 @@ def check_queues(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
 
 @register(Tags.compatibility)
 def check_options(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    options = getattr(settings, "DJANGO_JOBS", {})
+    options = conf.raw_options
     if not isinstance(options, dict):
         return [
             Error(
@@ -132,7 +131,7 @@ def check_options(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
 
 @register(Tags.compatibility)
 def check_app_order(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    apps = [app.split(".apps.")[0] for app in settings.INSTALLED_APPS]
+    apps = [app.split(".apps.")[0] for app in conf.installed_apps]
     if "django_rq" in apps and "django_jobs" in apps and apps.index("django_rq") < apps.index("django_jobs"):
         return [
             Warning(
@@ -148,7 +147,7 @@ def check_app_order(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage
 @register(Tags.security)
 def check_serializer(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     places = []
-    options = getattr(settings, "DJANGO_JOBS", {})
+    options = conf.raw_options
     if isinstance(options, dict) and _is_pickle(options.get("SERIALIZER")):
         places.append("DJANGO_JOBS['SERIALIZER']")
     for name, config in conf.queues.items():

@@ -55,13 +55,23 @@ class JobsSettings:
     """
 
     @property
+    def raw_queues(self) -> Any:
+        """``RQ_QUEUES`` as written (None when missing), for the system checks."""
+        return getattr(settings, "RQ_QUEUES", None)
+
+    @property
+    def raw_options(self) -> Any:
+        """``DJANGO_JOBS`` as written (``{}`` when missing), for the system checks."""
+        return getattr(settings, "DJANGO_JOBS", {})
+
+    @property
     def queues(self) -> dict[str, dict[str, Any]]:
-        value = getattr(settings, "RQ_QUEUES", None)
+        value = self.raw_queues
         return value if isinstance(value, dict) else {}
 
     @property
     def user_options(self) -> dict[str, Any]:
-        value = getattr(settings, "DJANGO_JOBS", None)
+        value = self.raw_options
         return value if isinstance(value, dict) else {}
 
     def _get(self, key: str) -> Any:
@@ -93,6 +103,11 @@ class JobsSettings:
     @property
     def installed_apps(self) -> list[str]:
         return list(settings.INSTALLED_APPS)
+
+    @property
+    def settings_module(self) -> str:
+        """The settings module, for child processes (``rqworker --pool``)."""
+        return str(settings.SETTINGS_MODULE)
 
 
 conf = JobsSettings()

@@ -66,7 +66,7 @@ def _create_from_job(job: Job, **fields: Any) -> None:
         queue=job.origin,
         args=args,
         kwargs=kwargs,
-        enqueued_at=job.enqueued_at or timezone.now(),
+        enqueued_at=timezone.now(),
         **fields,
     )
 

@@ -10,7 +10,6 @@ import sys
 import time
 from typing import Any
 
-from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
 from django.utils.module_loading import import_string
@@ -140,7 +139,7 @@ class Command(BaseCommand):
 
     def run_pool(self, names: list[str], options: dict[str, Any]) -> None:
         """Run ``--pool N`` workers as child processes; restart one that crashes."""
-        base = [sys.executable, "-m", "django", "rqworker", *names, "--settings", settings.SETTINGS_MODULE]
+        base = [sys.executable, "-m", "django", "rqworker", *names, "--settings", conf.settings_module]
         for flag in ("burst", "with_scheduler"):
             if options[flag]:
                 base.append("--" + flag.replace("_", "-"))
