@@ -8,6 +8,8 @@ django_jobs.E002       a queue in ``RQ_QUEUES`` says nothing about where Redis i
 django_jobs.E003       ``DJANGO_JOBS`` has a key django_jobs does not know
 django_jobs.E004       ``DJANGO_JOBS`` is not a dict, or an option has a bad value
 django_jobs.E005       ``DJANGO_JOBS["DEFAULT_QUEUE"]`` is not in ``RQ_QUEUES``
+django_jobs.E006       a queue's connection settings are incomplete (e.g. ``HOST`` without ``PORT``)
+django_jobs.E007       a queue sets its own ``SERIALIZER`` (django_jobs uses one for all queues)
 django_jobs.W001       ``django_rq`` is listed before ``django_jobs`` in ``INSTALLED_APPS``
 django_jobs.W002       a pickle serializer is configured
 =====================  =========================================================
@@ -21,6 +23,10 @@ from typing import Any
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 
 from .conf import CONNECTION_KEYS, DEFAULTS, conf
+
+# Keys django-rq reads unconditionally once a connection style is chosen
+# (the style is the first of CONNECTION_KEYS present, as django-rq picks it).
+REQUIRED_WITH = {"HOST": ("PORT",), "UNIX_SOCKET_PATH": ("DB",), "SENTINELS": ("MASTER_NAME",)}
 
 EXAMPLE_QUEUES = 'RQ_QUEUES = {"default": {"URL": "redis://127.0.0.1:6379/0"}}'
 
@@ -56,6 +62,28 @@ def check_queues(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
                     hint=f"Give it one of {', '.join(CONNECTION_KEYS)}, for example "
                     f'RQ_QUEUES[{name!r}] = {{"URL": "redis://127.0.0.1:6379/0"}}.',
                     id="django_jobs.E002",
+                )
+            )
+            continue
+        style = next(key for key in CONNECTION_KEYS if key in config)
+        missing = [key for key in REQUIRED_WITH.get(style, ()) if key not in config]
+        if missing:
+            messages.append(
+                Error(
+                    f"Queue {name!r} in RQ_QUEUES sets {style} but not {' or '.join(missing)}; "
+                    "django-rq needs both to connect.",
+                    hint=f"Add {', '.join(missing)} to RQ_QUEUES[{name!r}] (or use a URL).",
+                    id="django_jobs.E006",
+                )
+            )
+        if "SERIALIZER" in config:
+            messages.append(
+                Error(
+                    f"Queue {name!r} in RQ_QUEUES sets its own SERIALIZER, which django_jobs does not use: "
+                    "every queue shares DJANGO_JOBS['SERIALIZER'] (JSON by default).",
+                    hint=f"Remove RQ_QUEUES[{name!r}]['SERIALIZER'] and set DJANGO_JOBS['SERIALIZER'] "
+                    "if you need another serializer.",
+                    id="django_jobs.E007",
                 )
             )
     return messages

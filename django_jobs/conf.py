@@ -35,15 +35,16 @@ DEFAULTS: dict[str, Any] = {
     # @job functions are registered (admin, schedules, checks).
     "AUTODISCOVER": ("jobs", "tasks"),
     # The worker class ``rqworker`` uses without --worker-class: a dotted
-    # path or one of the aliases "fork" (RQ's forking Worker), "simple"
-    # (SimpleWorker: jobs in the worker process) and "spawn" (SpawnWorker).
+    # path or one of the aliases "fork" (RQ's forking Worker) and "simple"
+    # (SimpleWorker: jobs in the worker process).
     "WORKER_CLASS": "fork",
     # Seconds between two reads of the job's row while JobHandle.wait() polls.
     "WAIT_POLL_INTERVAL": 0.05,
 }
 
-#: Queue keys that say where Redis is; a queue needs at least one.
-CONNECTION_KEYS = ("URL", "HOST", "UNIX_SOCKET_PATH", "SENTINELS", "USE_REDIS_CACHE")
+#: Queue keys that say where Redis is; a queue needs at least one. In
+#: django-rq's order of precedence: the first one present wins.
+CONNECTION_KEYS = ("URL", "USE_REDIS_CACHE", "UNIX_SOCKET_PATH", "SENTINELS", "HOST")
 
 
 class JobsSettings:

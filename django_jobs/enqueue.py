@@ -39,6 +39,29 @@ def new_job_id() -> str:
     return uuid.uuid4().hex
 
 
+def check_timeout(label: str, timeout: Any) -> None:
+    """Raise ``ValueError`` now for a timeout RQ would reject only when pushing."""
+    from rq.exceptions import TimeoutFormatError
+    from rq.utils import parse_timeout
+
+    try:
+        parse_timeout(timeout)
+    except (TimeoutFormatError, TypeError, ValueError):
+        raise ValueError(
+            f"{label}: timeout {timeout!r} is invalid: give seconds as an int, or a string such as "
+            "'90', '30s', '15m', '2h' or '1d'."
+        ) from None
+
+
+#: Ids canceled in this process before their on-commit push ran.
+_canceled_before_push: set[str] = set()
+
+
+def forget_push(job_id: str) -> None:
+    """Make a pending on-commit push of this job a no-op (it was canceled first)."""
+    _canceled_before_push.add(job_id)
+
+
 def _dependency_ids(depends_on: Any) -> list[str]:
     if depends_on is None:
         return []
@@ -100,9 +123,13 @@ def enqueue(
             f"job_id {job_id!r} is invalid: use 1 to 128 characters from A-Z, a-z, 0-9, _ and -."
         )
 
+    effective_timeout = timeout if timeout is not None else function.timeout
+    if effective_timeout is not None:
+        check_timeout(label, effective_timeout)
+
     options: dict[str, Any] = {}
     for key, value in (
-        ("timeout", timeout if timeout is not None else function.timeout),
+        ("timeout", effective_timeout),
         ("result_ttl", function.result_ttl),
         ("ttl", function.ttl),
         ("failure_ttl", function.failure_ttl),
@@ -167,6 +194,9 @@ def push(
     from rq import Retry
     from rq.job import JobStatus as RQJobStatus
 
+    if job_id in _canceled_before_push:
+        _canceled_before_push.discard(job_id)
+        return False
     retry = None
     if options.get("retry_max"):
         retry = Retry(max=options["retry_max"], interval=options.get("retry_intervals", 0))
@@ -197,6 +227,13 @@ def push(
             func_name,
             queue_name,
             exc,
+        )
+        records.mark_push_failed(job_id, using)
+        return False
+    except Exception:
+        # Never lose the job to an unexpected error after the caller's commit.
+        logger.exception(
+            "Could not push job %s (%s); the row is kept with needs_push set.", job_id, func_name
         )
         records.mark_push_failed(job_id, using)
         return False

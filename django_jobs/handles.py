@@ -78,7 +78,7 @@ class JobHandle(Generic[R]):
             if remaining <= 0:
                 raise JobWaitTimeout(self.id, record.status if record else None, timeout)
             time.sleep(min(interval, remaining))
-            interval = min(interval * 1.5, 0.5)
+            interval = min(interval * 1.5, max(conf.wait_poll_interval, 0.5))
 
     def rq_job(self) -> Job | None:
         """The RQ job in Redis, while Redis still has it."""
@@ -106,11 +106,20 @@ class JobHandle(Generic[R]):
         job = self.rq_job()
         if job is not None:
             job.cancel()
+        else:
+            # Not in Redis yet: its push may still be waiting for a commit.
+            from .enqueue import forget_push
+
+            forget_push(self.id)
         records.mark_canceled(self.id)
         return True
 
     def stop(self) -> bool:
-        """Ask the worker running this job to stop it; return whether a request was sent."""
+        """Ask the worker running this job to stop it; return whether a request was sent.
+
+        Only a forking worker can stop a job (it kills the job's process); a
+        SimpleWorker ignores the request and the job runs to its end.
+        """
         from rq.command import send_stop_job_command
 
         from .queues import get_connection

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from django.db import DatabaseError, InterfaceError, connections
+from rq import Retry
 from rq import SimpleWorker as RQSimpleWorker
 from rq import Worker as RQWorker
 from rq.job import Job
@@ -23,7 +24,7 @@ from rq.serializers import JSONSerializer
 from . import records
 from .exceptions import JobFunctionImportError
 from .models import JobStatus
-from .payload import check_result
+from .payload import check_result, to_jsonable
 
 if TYPE_CHECKING:
     from rq import Queue
@@ -44,7 +45,7 @@ class JobsJob(Job):
 
     def _execute(self) -> Any:
         result = super()._execute()
-        if self.serializer is JSONSerializer:
+        if self.serializer is JSONSerializer and not isinstance(result, Retry):
             check_result(f"Job {self.func_name}()", result)
         return result
 
@@ -94,7 +95,10 @@ class RecordingWorkerMixin:
         self, job: Job, queue: Queue, started_job_registry: Any, execution: Execution
     ) -> None:
         super().handle_job_success(job, queue, started_job_registry, execution)  # type: ignore[misc]
-        _write(records.mark_finished, job.id, job._result)
+        result = job._result
+        if job.serializer is not JSONSerializer:
+            result = to_jsonable(result)  # pickled results may be any object; the row keeps a text form
+        _write(records.mark_finished, job.id, result)
 
     def handle_job_failure(
         self,

@@ -53,6 +53,28 @@ def test_every_django_rq_connection_style_satisfies_e002(settings: Any, config: 
     assert check_queues() == []
 
 
+@pytest.mark.parametrize(
+    ("config", "missing"),
+    [
+        ({"HOST": "localhost", "DB": 0}, "PORT"),
+        ({"UNIX_SOCKET_PATH": "/tmp/redis.sock"}, "DB"),
+        ({"SENTINELS": [("localhost", 26379)]}, "MASTER_NAME"),
+    ],
+)
+def test_e006_incomplete_connection_settings(settings: Any, config: dict[str, Any], missing: str) -> None:
+    settings.RQ_QUEUES = {"default": config}
+    messages = check_queues()
+    assert ids(messages) == ["django_jobs.E006"]
+    assert f"not {missing}" in messages[0].msg
+
+
+def test_e007_per_queue_serializer_is_not_used(settings: Any) -> None:
+    settings.RQ_QUEUES = {"default": {**URL, "SERIALIZER": "rq.serializers.JSONSerializer"}}
+    messages = check_queues()
+    assert ids(messages) == ["django_jobs.E007"]
+    assert "DJANGO_JOBS['SERIALIZER']" in messages[0].hint
+
+
 def test_e003_unknown_key_suggests_the_close_one(settings: Any) -> None:
     settings.DJANGO_JOBS = {"SERIALISER": "json"}
     messages = check_options()

@@ -216,3 +216,28 @@ def test_the_push_waits_for_the_commit_of_the_database_the_row_is_on() -> None:
         assert queued_ids() == [other.id, handle.id]
         assert JobRecord.objects.using("jobs").filter(pk__in=[other.id, handle.id]).count() == 2
         assert not JobRecord.objects.using("default").exists()
+
+
+def test_cancel_before_commit_means_it_is_never_pushed() -> None:
+    with transaction.atomic():
+        handle = add.delay(1, 1)
+        assert handle.cancel() is True
+    assert queued_ids() == []
+    assert JobRecord.objects.get(pk=handle.id).status == "canceled"
+
+
+@pytest.mark.parametrize("timeout", ["5x", "soon", -0.5j])
+def test_invalid_timeout_is_refused_before_anything_is_written(timeout: Any) -> None:
+    with pytest.raises(ValueError, match=r"timeout .* is invalid"):
+        add.apply_async((1, 2), timeout=timeout)
+    assert JobRecord.objects.count() == 0
+
+
+def test_pickle_result_is_kept_as_text_in_the_row(settings: Any) -> None:
+    from django_jobs.testing import run_burst
+
+    settings.DJANGO_JOBS = {"SERIALIZER": "pickle"}
+    handle = echo.delay(datetime.date(2026, 1, 2))
+    run_burst(["high"])
+    record = JobRecord.objects.get(pk=handle.id)
+    assert (record.status, record.result) == ("finished", "datetime.date(2026, 1, 2)")

@@ -161,6 +161,7 @@ class Command(BaseCommand):
 
         children = {index: start(index) for index in range(1, options["pool"] + 1)}
         stopping = False
+        failed = 0
 
         def forward(signum: int, frame: Any) -> None:
             nonlocal stopping
@@ -178,7 +179,13 @@ class Command(BaseCommand):
                 if code is None:
                     continue
                 del children[index]
-                if code != 0 and not stopping and not options["burst"]:
-                    logger.warning("Worker %s-%s exited with %s; starting it again.", prefix, index, code)
-                    children[index] = start(index)
+                if stopping or options["burst"]:
+                    failed += code != 0
+                    continue
+                # A worker that ended (crash, --max-jobs, --max-idle-time) is replaced:
+                # the pool keeps its size.
+                logger.warning("Worker %s-%s exited with %s; starting it again.", prefix, index, code)
+                children[index] = start(index)
             time.sleep(0.2)
+        if failed:
+            raise CommandError(f"{failed} of {options['pool']} pool workers exited with an error.")
