@@ -28,6 +28,8 @@ def find_redis_server() -> str:
     """Return the path of a redis-server binary, or raise with how to get one."""
     explicit = os.environ.get("REDIS_SERVER_BIN")
     if explicit:
+        if not (os.path.isfile(explicit) and os.access(explicit, os.X_OK)):
+            raise RedisServerError(f"REDIS_SERVER_BIN={explicit!r} is not an executable file.")
         return explicit
     found = shutil.which("redis-server")
     if found:
@@ -80,7 +82,11 @@ class RedisServer:
             "--logfile", os.path.join(self.directory, "redis.log"),
             *self.extra_args,
         ]  # fmt: skip
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        except OSError as exc:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            raise RedisServerError(f"Cannot start {self.binary}: {exc}") from exc
         atexit.register(self.stop)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
