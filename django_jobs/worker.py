@@ -86,10 +86,10 @@ class RecordingWorkerMixin:
         finally:
             reset_database_connections()
 
-    def perform_job(self, job: Job, queue: Queue, execution: Execution) -> bool:
+    def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
+        super().prepare_job_execution(job, remove_from_intermediate_queue)  # type: ignore[misc]
+        # After RQ marked it started in Redis: a row that says "started" can be stopped.
         _write(records.mark_started, job, self.name)
-        result: bool = super().perform_job(job, queue, execution)  # type: ignore[misc]
-        return result
 
     def handle_job_success(
         self, job: Job, queue: Queue, started_job_registry: Any, execution: Execution

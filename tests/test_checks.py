@@ -17,6 +17,7 @@ def ids(messages: list[Any]) -> list[str]:
     return [message.id for message in messages]
 
 
+@pytest.mark.django_db(databases=["default", "jobs"])  # some checks query the database on Django 6.1
 def test_configured_test_settings_pass_all_checks() -> None:
     assert [m for m in checks.run_checks() if m.id.startswith("django_jobs")] == []
 

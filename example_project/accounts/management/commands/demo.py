@@ -67,6 +67,10 @@ class Command(BaseCommand):
         "development server. Ctrl-C stops everything."
     )
 
+    # The children (migrate, rqworker, runserver) run the checks; running them
+    # here too would open the database before the port has been checked.
+    requires_system_checks: list[str] = []
+
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--host", default="127.0.0.1", help="Address to serve on (default 127.0.0.1).")
         parser.add_argument("--port", type=int, default=8000, help="Port to serve on (default 8000).")
