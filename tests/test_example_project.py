@@ -201,6 +201,8 @@ class Demo:
             return self.browser.answers()
 
         wait_for(up, 60, "the demo's web server", self.log)
+        # The demo prints its banner once it has seen the server answer, which may be just after us.
+        wait_for(lambda: "  Login:" in self.log(), 30, "the demo banner", self.log)
 
     def wait_for_exit(self, timeout: float = 30) -> int:
         try:

@@ -51,6 +51,17 @@ def start_worker(*args: str) -> subprocess.Popen[str]:
     )
 
 
+def stop_worker(worker: subprocess.Popen[str]) -> tuple[int, str]:
+    """Warm-stop a worker (SIGTERM); kill it if it is still busy after a while. Return (code, output)."""
+    worker.send_signal(signal.SIGTERM)
+    try:
+        output = worker.communicate(timeout=30)[0]
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        output = worker.communicate()[0]
+    return worker.returncode, output
+
+
 def test_forking_worker_records_start_and_finish(manage: Any) -> None:
     handle = add.delay(2, 3)
     result = manage("rqworker", "default", "--burst", "--name", "w-finish")
@@ -181,8 +192,7 @@ def test_stop_a_started_job() -> None:
         after = add.delay(2, 2)  # the worker survives and goes on
         assert after.wait(timeout=60) == 4
     finally:
-        worker.send_signal(signal.SIGTERM)
-        worker.wait(timeout=60)
+        stop_worker(worker)
 
 
 def test_cancel_a_queued_job(manage: Any) -> None:
@@ -202,8 +212,7 @@ def test_wait_returns_the_result_from_a_running_worker() -> None:
         assert add.delay(20, 22).wait(timeout=60) == 42
         assert echo.delay({"nested": [1, "two"]}).wait(timeout=60) == {"nested": [1, "two"]}
     finally:
-        worker.send_signal(signal.SIGTERM)
-        assert worker.wait(timeout=60) == 0
+        assert stop_worker(worker)[0] == 0
 
 
 def test_wait_times_out_without_a_worker() -> None:
@@ -270,8 +279,7 @@ def test_database_restart_between_jobs_causes_no_error(worker_class: str) -> Non
         assert second.wait(timeout=60) == 4
         assert JobRecord.objects.get(pk=second.id).attempts == 1
     finally:
-        worker.send_signal(signal.SIGTERM)
-        output = worker.communicate(timeout=60)[0]
+        output = stop_worker(worker)[1]
     assert "Could not record" not in output
     assert "Traceback" not in output
 
