@@ -72,6 +72,12 @@ def _write(step: Callable[..., None], *args: Any) -> None:
         reset_database_connections()
 
 
+def _requeued_status(job: Job) -> str:
+    """The row status of a job RQ put back: at once (queued) or after an interval (scheduled)."""
+    scheduled = job.get_status(refresh=False) == RQJobStatus.SCHEDULED
+    return JobStatus.SCHEDULED if scheduled else JobStatus.QUEUED
+
+
 class RecordingWorkerMixin:
     """Lifecycle hooks shared by :class:`Worker` and :class:`SimpleWorker`."""
 
@@ -116,14 +122,7 @@ class RecordingWorkerMixin:
         if stopped:
             _write(records.mark_failed, job.id, exc_string or "Stopped on request.", JobStatus.STOPPED)
         elif retry:
-            # RQ put the job back: at once (queued) or after an interval (scheduled).
-            scheduled = job.get_status(refresh=False) == RQJobStatus.SCHEDULED
-            _write(
-                records.mark_retrying,
-                job.id,
-                exc_string,
-                JobStatus.SCHEDULED if scheduled else JobStatus.QUEUED,
-            )
+            _write(records.mark_retrying, job.id, exc_string, _requeued_status(job))
         else:
             _write(records.mark_failed, job.id, exc_string)
 
@@ -131,15 +130,11 @@ class RecordingWorkerMixin:
         self, job: Job, queue: Queue, retry: Any, started_job_registry: Any, execution: Any
     ) -> None:
         super().handle_job_retry(job, queue, retry, started_job_registry, execution)  # type: ignore[misc]
-        status = job.get_status(refresh=False)
         message = "The job returned rq.Retry."
-        if status == RQJobStatus.FAILED:
+        if job.get_status(refresh=False) == RQJobStatus.FAILED:
             _write(records.mark_failed, job.id, message + " No retries left.")
         else:
-            scheduled = status == RQJobStatus.SCHEDULED
-            _write(
-                records.mark_retrying, job.id, message, JobStatus.SCHEDULED if scheduled else JobStatus.QUEUED
-            )
+            _write(records.mark_retrying, job.id, message, _requeued_status(job))
 
 
 class Worker(RecordingWorkerMixin, RQWorker):

@@ -312,3 +312,13 @@ def test_async_false_inside_a_test_transaction(
             handle = add.delay(5, 5)
         assert handle.result == 10
         assert JobRecord.objects.filter(pk=handle.id, status="finished").exists()
+
+
+def test_job_returning_rq_retry_is_run_again_then_fails(manage: Any) -> None:
+    from tests.testapp.jobs import asks_for_retry
+
+    handle = asks_for_retry.delay()
+    assert manage("rqworker", "--burst").returncode == 0
+    record = JobRecord.objects.get(pk=handle.id)
+    assert (record.status, record.attempts) == ("failed", 2)
+    assert "rq.Retry" in record.error and "No retries left" in record.error

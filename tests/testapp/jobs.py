@@ -59,3 +59,11 @@ def sleep_for(seconds: float) -> float:
 @job
 def pid() -> int:
     return os.getpid()
+
+
+@job
+def asks_for_retry() -> Any:
+    """Ask RQ to run it again, every time (RQ gives up after Retry.max)."""
+    from rq import Retry
+
+    return Retry(max=1)
