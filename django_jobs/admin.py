@@ -1,32 +1,378 @@
-"""A read-only admin for job rows (listing, filters, search, detail)."""
+"""The admin for jobs: listing, filters, search, read-only detail, actions, dashboard."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from django.contrib import admin
-from django.http import HttpRequest
+from django.contrib import admin, messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
+from django.utils.functional import cached_property
+from django.utils.html import format_html, format_html_join
+from django.utils.translation import gettext_lazy as _
 
-from .models import JobRecord
+from . import manager
+from .conf import conf
+from .models import Dashboard, JobRecord, JobStatus
+from .progress import progress_of
+from .redaction import redact_arguments
 
 if TYPE_CHECKING:
+    from django.utils.functional import _StrOrPromise as StrOrPromise
+
     ModelAdmin = admin.ModelAdmin[JobRecord]
 else:
     ModelAdmin = admin.ModelAdmin
 
+#: Above this many matching rows the listing says "10,000+" instead of counting them all.
+COUNT_CAP = 10_000
+
+
+class CappedCountPaginator(Paginator):  # type: ignore[type-arg]
+    """Counts at most COUNT_CAP + 1 rows, so a page never costs a full COUNT(*) of a large table."""
+
+    @cached_property
+    def count(self) -> int:
+        object_list: Any = self.object_list
+        return int(object_list[: COUNT_CAP + 1].count())
+
+
+class StatusFilter(admin.SimpleListFilter):
+    title = _("status")
+    parameter_name = "status"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(str(value), str(label)) for value, label in JobStatus.choices]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[JobRecord]) -> QuerySet[JobRecord]:
+        return queryset.filter(status=self.value()) if self.value() else queryset
+
+
+class QueueFilter(admin.SimpleListFilter):
+    """The queues from settings: no DISTINCT over the table to build the choices."""
+
+    title = _("queue")
+    parameter_name = "queue"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(name, name) for name in conf.queues]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[JobRecord]) -> QuerySet[JobRecord]:
+        return queryset.filter(queue=self.value()) if self.value() else queryset
+
+
+class FunctionFilter(admin.SimpleListFilter):
+    """The project's @job functions (from the registry), not a DISTINCT over the table."""
+
+    title = _("function")
+    parameter_name = "func_name"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        from .decorators import registry
+
+        return [(name, name) for name in sorted(registry)]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[JobRecord]) -> QuerySet[JobRecord]:
+        return queryset.filter(func_name=self.value()) if self.value() else queryset
+
+
+def pretty_json(value: Any) -> str:
+    return format_html(
+        "<pre class='dj-json'>{}</pre>", json.dumps(value, indent=2, ensure_ascii=False, default=str)
+    )
+
+
+def progress_bar(meta: dict[str, Any] | None) -> str:
+    progress = progress_of(meta)
+    if not progress:
+        return "-"
+    percent = progress.get("percent")
+    width = 0 if percent is None else max(0, min(100, float(percent)))
+    label = f"{progress.get('done')}/{progress.get('total')}"
+    if progress.get("message"):
+        label += f" · {progress['message']}"
+    return format_html(
+        "<div class='dj-progress' title='{}'><div class='dj-progress-bar' style='width:{}%'></div></div>"
+        "<span class='dj-progress-label'>{}</span>",
+        label,
+        f"{width:.1f}",
+        label,
+    )
+
+
+def confirmed_action(
+    name: str, description: StrOrPromise, permission: str
+) -> Callable[[Callable[[QuerySet[JobRecord]], manager.Outcome]], Any]:
+    """Make an admin action that asks for confirmation (showing the count), then runs in batches."""
+
+    def decorate(operation: Callable[[QuerySet[JobRecord]], manager.Outcome]) -> Any:
+        def action(modeladmin: JobRecordAdmin, request: HttpRequest, queryset: QuerySet[JobRecord]) -> Any:
+            if request.POST.get("confirm") != "yes":
+                context = {
+                    **modeladmin.admin_site.each_context(request),
+                    "title": _("Are you sure?"),
+                    "opts": modeladmin.model._meta,
+                    "action_name": name,
+                    "action_description": description,
+                    "count": queryset.count(),
+                    "select_across": request.POST.get("select_across", "0"),
+                    "selected": request.POST.getlist(ACTION_CHECKBOX_NAME),
+                    "sample": list(queryset.values_list("pk", "func_name", "status")[:10]),
+                }
+                return TemplateResponse(request, "admin/django_jobs/confirm_action.html", context)
+            outcome = operation(queryset)
+            modeladmin.message_user(request, outcome.message(), messages.SUCCESS)
+            return None
+
+        action.__name__ = name
+        return admin.action(description=description, permissions=[permission])(action)
+
+    return decorate
+
+
+@confirmed_action("requeue_jobs", _("Requeue failed, stopped or canceled jobs"), "requeue")
+def requeue_jobs(queryset: QuerySet[JobRecord]) -> manager.Outcome:
+    return manager.requeue(queryset)
+
+
+@confirmed_action("cancel_jobs", _("Cancel queued, scheduled or deferred jobs"), "cancel")
+def cancel_jobs(queryset: QuerySet[JobRecord]) -> manager.Outcome:
+    return manager.cancel(queryset)
+
+
+@confirmed_action("stop_jobs", _("Stop running jobs"), "stop")
+def stop_jobs(queryset: QuerySet[JobRecord]) -> manager.Outcome:
+    return manager.stop(queryset)
+
+
+@confirmed_action("delete_jobs", _("Delete job records"), "delete")
+def delete_jobs(queryset: QuerySet[JobRecord]) -> manager.Outcome:
+    return manager.delete(queryset)
+
 
 @admin.register(JobRecord)
 class JobRecordAdmin(ModelAdmin):
-    list_display = ("id", "func_name", "queue", "status", "attempts", "enqueued_at", "started_at", "ended_at")
-    list_filter = ("status", "queue")
-    search_fields = ("=id", "func_name")
+    list_display = (
+        "short_id",
+        "func_name",
+        "queue",
+        "status_badge",
+        "attempts",
+        "enqueued_at",
+        "started_at",
+        "duration_display",
+        "worker_name",
+        "progress_display",
+    )
+    list_display_links = ("short_id",)
+    list_filter = (StatusFilter, QueueFilter, FunctionFilter)
+    search_fields = ("id", "func_name")
+    search_help_text = _("A job id (or its first characters), or part of a function's dotted path.")
     date_hierarchy = "enqueued_at"
     ordering = ("-enqueued_at",)
+    paginator = CappedCountPaginator
     show_full_result_count = False
-    readonly_fields = [field.name for field in JobRecord._meta.fields]
+    list_per_page = 50
+    actions = [requeue_jobs, cancel_jobs, stop_jobs, delete_jobs]
+    change_list_template = "admin/django_jobs/jobrecord/change_list.html"
+    change_form_template = "admin/django_jobs/jobrecord/change_form.html"
+    fieldsets = (
+        (None, {"fields": ("id", "func_name", "queue", "status_badge", "attempts", "worker_name")}),
+        (_("Call"), {"fields": ("args_display", "kwargs_display", "options_display")}),
+        (_("Outcome"), {"fields": ("result_display", "error_display", "error_history_display")}),
+        (_("Timings"), {"fields": ("enqueued_at", "started_at", "ended_at", "duration_display")}),
+        (_("Progress and meta"), {"fields": ("progress_display", "meta_display")}),
+        (_("Dependencies"), {"fields": ("depends_on_display", "dependents_display")}),
+    )
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return [str(field) for _, options in self.fieldsets for field in options["fields"]]
+
+    # -- permissions ---------------------------------------------------------
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+    def _has(self, request: HttpRequest, codename: str) -> bool:
+        return bool(request.user.has_perm(f"{self.opts.app_label}.{codename}"))
+
+    def has_requeue_permission(self, request: HttpRequest) -> bool:
+        return self._has(request, "requeue_jobrecord")
+
+    def has_cancel_permission(self, request: HttpRequest) -> bool:
+        return self._has(request, "cancel_jobrecord")
+
+    def has_stop_permission(self, request: HttpRequest) -> bool:
+        return self._has(request, "stop_jobrecord")
+
+    def has_pause_permission(self, request: HttpRequest) -> bool:
+        return self._has(request, "pause_queue")
+
+    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)  # ours confirms with a count and works in batches
+        return actions
+
+    # -- search ----------------------------------------------------------------
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[JobRecord], search_term: str
+    ) -> tuple[QuerySet[JobRecord], bool]:
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        if "." in term or not term.replace("-", "").replace("_", "").isalnum():
+            return queryset.filter(func_name__icontains=term), False
+        by_id = queryset.filter(pk__startswith=term)
+        return by_id | queryset.filter(func_name__icontains=term), False
+
+    # -- columns -----------------------------------------------------------------
+
+    @admin.display(description=_("id"), ordering="pk")
+    def short_id(self, obj: JobRecord) -> str:
+        return obj.id[:12]
+
+    @admin.display(description=_("status"), ordering="status")
+    def status_badge(self, obj: JobRecord) -> str:
+        return format_html("<span class='dj-badge dj-{}'>{}</span>", obj.status, obj.get_status_display())
+
+    @admin.display(description=_("duration"))
+    def duration_display(self, obj: JobRecord) -> str:
+        duration = obj.duration
+        if duration is None:
+            return "-"
+        seconds = duration.total_seconds()
+        return f"{seconds * 1000:.0f} ms" if seconds < 1 else str(timedelta(seconds=round(seconds)))
+
+    @admin.display(description=_("progress"))
+    def progress_display(self, obj: JobRecord) -> str:
+        return progress_bar(obj.meta)
+
+    # -- detail fields -------------------------------------------------------------
+
+    @admin.display(description=_("arguments"))
+    def args_display(self, obj: JobRecord) -> str:
+        return pretty_json(redact_arguments(obj.func_name, list(obj.args or []), dict(obj.kwargs or {}))[0])
+
+    @admin.display(description=_("keyword arguments"))
+    def kwargs_display(self, obj: JobRecord) -> str:
+        return pretty_json(redact_arguments(obj.func_name, list(obj.args or []), dict(obj.kwargs or {}))[1])
+
+    @admin.display(description=_("options"))
+    def options_display(self, obj: JobRecord) -> str:
+        return pretty_json(obj.options)
+
+    @admin.display(description=_("result"))
+    def result_display(self, obj: JobRecord) -> str:
+        return pretty_json(obj.result) if obj.status == JobStatus.FINISHED else "-"
+
+    @admin.display(description=_("error"))
+    def error_display(self, obj: JobRecord) -> str:
+        return format_html("<pre class='dj-traceback'>{}</pre>", obj.error) if obj.error else "-"
+
+    @admin.display(description=_("errors of every attempt"))
+    def error_history_display(self, obj: JobRecord) -> str:
+        history = obj.error_history or []
+        if not history:
+            return "-"
+        return format_html_join(
+            "",
+            "<details class='dj-attempt'><summary>Attempt {} · {}</summary><pre class='dj-traceback'>{}</pre>"
+            "</details>",
+            ((item.get("attempt"), item.get("at"), item.get("error")) for item in history),
+        )
+
+    @admin.display(description=_("meta"))
+    def meta_display(self, obj: JobRecord) -> str:
+        return pretty_json(obj.meta)
+
+    def _links(self, ids: list[str]) -> str:
+        if not ids:
+            return "-"
+        return format_html_join(
+            ", ",
+            "<a href='{}'>{}</a>",
+            ((reverse("admin:django_jobs_jobrecord_change", args=[job_id]), job_id[:12]) for job_id in ids),
+        )
+
+    @admin.display(description=_("waits for"))
+    def depends_on_display(self, obj: JobRecord) -> str:
+        return self._links(list(obj.dependencies.values_list("depends_on_id", flat=True)))
+
+    @admin.display(description=_("jobs waiting for it"))
+    def dependents_display(self, obj: JobRecord) -> str:
+        return self._links(list(obj.dependents.values_list("job_id", flat=True)[:100]))
+
+    # -- dashboard -------------------------------------------------------------------
+
+    def get_urls(self) -> list[URLPattern]:
+        custom = [
+            path(
+                "dashboard/",
+                self.admin_site.admin_view(self.dashboard_view),
+                name="django_jobs_dashboard",
+            ),
+        ]
+        return custom + super().get_urls()
+
+    def dashboard_view(self, request: HttpRequest) -> HttpResponse:
+        from . import dashboard
+
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        if request.method == "POST":
+            if not self.has_pause_permission(request):
+                raise PermissionDenied
+            message = dashboard.toggle_pause(request.POST.get("queue", ""), request.POST.get("do", ""))
+            self.message_user(request, message, messages.SUCCESS)
+            return HttpResponseRedirect(reverse("admin:django_jobs_dashboard"))
+        context = {
+            **self.admin_site.each_context(request),
+            "title": _("Jobs dashboard"),
+            "opts": self.opts,
+            "can_pause": self.has_pause_permission(request),
+            "refresh": request.GET.get("refresh", "5"),
+            **dashboard.snapshot(),
+        }
+        return TemplateResponse(request, "admin/django_jobs/dashboard.html", context)
+
+
+@admin.register(Dashboard)
+class DashboardAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """The admin index's "Dashboard" entry: it opens the jobs dashboard."""
+
+    def _job_admin(self) -> JobRecordAdmin:
+        job_admin = self.admin_site.get_model_admin(JobRecord)
+        assert isinstance(job_admin, JobRecordAdmin)
+        return job_admin
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return self._job_admin().has_view_permission(request)
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return self._job_admin().has_module_permission(request)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> HttpResponse:
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        return HttpResponseRedirect(reverse("admin:django_jobs_dashboard"))

@@ -40,6 +40,14 @@ DEFAULTS: dict[str, Any] = {
     "WORKER_CLASS": "fork",
     # Seconds between two reads of the job's row while JobHandle.wait() polls.
     "WAIT_POLL_INTERVAL": 0.05,
+    # Argument names shown as "••••" in the admin and in worker logs, for every
+    # job (add per-job names with @job(redact=[…])). The stored payload stays
+    # complete, so the job still runs with the real values.
+    "REDACT": (),
+    # Least seconds between two progress writes of one job (set_progress()).
+    "PROGRESS_INTERVAL": 0.5,
+    # Seconds a worker may take to notice that a queue was paused or resumed.
+    "PAUSE_CHECK_INTERVAL": 2.0,
 }
 
 #: Queue keys that say where Redis is; a queue needs at least one. In
@@ -100,6 +108,19 @@ class JobsSettings:
     @property
     def wait_poll_interval(self) -> float:
         return float(self._get("WAIT_POLL_INTERVAL"))
+
+    @property
+    def redact(self) -> frozenset[str]:
+        value = self._get("REDACT")
+        return frozenset([value] if isinstance(value, str) else (value or ()))
+
+    @property
+    def progress_interval(self) -> float:
+        return float(self._get("PROGRESS_INTERVAL"))
+
+    @property
+    def pause_check_interval(self) -> float:
+        return float(self._get("PAUSE_CHECK_INTERVAL"))
 
     @property
     def installed_apps(self) -> list[str]:

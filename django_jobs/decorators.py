@@ -37,6 +37,7 @@ class JobFunction(Generic[P, R]):
         failure_ttl: int | None = None,
         retry: int | Retry | None = None,
         description: str | None = None,
+        redact: Iterable[str] = (),
     ) -> None:
         qualname = getattr(func, "__qualname__", "")
         if not callable(func) or "<locals>" in qualname or "<lambda>" in qualname:
@@ -56,6 +57,9 @@ class JobFunction(Generic[P, R]):
         self.failure_ttl = failure_ttl
         self.retry = retry
         self.description = description
+        if isinstance(redact, str):
+            redact = [redact]
+        self.redact = frozenset(redact)
         self.signature = inspect.signature(func)
         registry[self.name] = self
 
@@ -118,6 +122,7 @@ def job(
     failure_ttl: int | None = None,
     retry: int | Retry | None = None,
     description: str | None = None,
+    redact: Iterable[str] = (),
 ) -> Callable[[Callable[P, R]], JobFunction[P, R]]: ...
 
 
@@ -132,6 +137,7 @@ def job(
     failure_ttl: int | None = None,
     retry: int | Retry | None = None,
     description: str | None = None,
+    redact: Iterable[str] = (),
 ) -> JobFunction[P, R] | Callable[[Callable[P, R]], JobFunction[P, R]]:
     """Make a function a background job.
 
@@ -140,7 +146,8 @@ def job(
     ``timeout`` is the most a run may take (seconds or "5m"), ``result_ttl``
     how long RQ keeps the result in Redis (the row keeps it for good),
     ``ttl`` how long the job may wait in its queue, ``retry`` how many times
-    a failed run is retried (or an ``rq.Retry`` with intervals).
+    a failed run is retried (or an ``rq.Retry`` with intervals), ``redact``
+    the argument names shown as "••••" in the admin and in logs.
     """
     if callable(func_or_queue):
         return JobFunction(func_or_queue)
@@ -159,6 +166,7 @@ def job(
             failure_ttl=failure_ttl,
             retry=retry,
             description=description,
+            redact=redact,
         )
 
     return decorate

@@ -127,13 +127,20 @@ def enqueue(
     if effective_timeout is not None:
         check_timeout(label, effective_timeout)
 
+    description = function.description
+    if description is None and (function.redact or conf.redact):
+        from .redaction import call_string
+
+        # RQ logs the description; by default it is the call with its arguments.
+        description = call_string(function.name, stored_args, stored_kwargs)
+
     options: dict[str, Any] = {}
     for key, value in (
         ("timeout", effective_timeout),
         ("result_ttl", function.result_ttl),
         ("ttl", function.ttl),
         ("failure_ttl", function.failure_ttl),
-        ("description", function.description),
+        ("description", description),
     ):
         if value is not None:
             options[key] = value
@@ -155,6 +162,8 @@ def enqueue(
         options=options,
         using=using,
     )
+    if dependencies:
+        records.add_dependencies(job_id, dependencies, using)
     transaction.on_commit(
         partial(push, job_id, function.name, queue_name, list(args), dict(kwargs), options, using),
         using=using,

@@ -54,6 +54,8 @@ class JobRecord(models.Model):
     kwargs = models.JSONField(_("keyword arguments"), default=dict, blank=True)
     result = models.JSONField(_("result"), null=True, blank=True)
     error = models.TextField(_("error"), blank=True, default="")
+    # Errors of earlier attempts, oldest first: [{"attempt": n, "at": iso, "error": text}].
+    error_history = models.JSONField(_("earlier errors"), default=list, blank=True)
     attempts = models.PositiveIntegerField(_("attempts"), default=0)
     enqueued_at = models.DateTimeField(_("enqueued at"), default=timezone.now)
     started_at = models.DateTimeField(_("started at"), null=True, blank=True)
@@ -73,7 +75,15 @@ class JobRecord(models.Model):
         verbose_name_plural = _("jobs")
         ordering = ["-enqueued_at"]
         get_latest_by = "enqueued_at"
+        permissions = [
+            ("requeue_jobrecord", "Can requeue jobs"),
+            ("cancel_jobrecord", "Can cancel jobs"),
+            ("stop_jobrecord", "Can stop running jobs"),
+            ("pause_queue", "Can pause and resume queues"),
+        ]
         indexes = [
+            # Prefix search on the id (LIKE 'abc%') on PostgreSQL; elsewhere a plain index.
+            models.Index(fields=["id"], name="django_jobs_id_prefix_idx", opclasses=["varchar_pattern_ops"]),
             models.Index(fields=["-enqueued_at"], name="django_jobs_enqueued_idx"),
             models.Index(fields=["status", "-enqueued_at"], name="django_jobs_status_idx"),
             models.Index(fields=["queue", "-enqueued_at"], name="django_jobs_queue_idx"),
@@ -94,3 +104,34 @@ class JobRecord(models.Model):
     @property
     def is_final(self) -> bool:
         return self.status in FINAL_STATUSES
+
+
+class JobDependency(models.Model):
+    """``job`` waits for ``depends_on``; both ways are indexed for the admin's links."""
+
+    job = models.ForeignKey(
+        JobRecord, on_delete=models.CASCADE, related_name="dependencies", db_constraint=False
+    )
+    depends_on = models.ForeignKey(
+        JobRecord, on_delete=models.DO_NOTHING, related_name="dependents", db_constraint=False
+    )
+
+    class Meta:
+        verbose_name = _("job dependency")
+        verbose_name_plural = _("job dependencies")
+        constraints = [
+            models.UniqueConstraint(fields=["job", "depends_on"], name="django_jobs_dependency_unique")
+        ]
+        indexes = [models.Index(fields=["depends_on"], name="django_jobs_dependents_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.job_id} after {self.depends_on_id}"
+
+
+class Dashboard(JobRecord):
+    """No table of its own: puts the jobs dashboard in the admin index."""
+
+    class Meta:
+        proxy = True
+        verbose_name = _("dashboard")
+        verbose_name_plural = _("dashboard")

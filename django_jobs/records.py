@@ -29,6 +29,14 @@ def _update(job_id: str, **fields: Any) -> int:
     return JobRecord.objects.using(db_alias()).filter(pk=job_id).update(**fields)
 
 
+def add_dependencies(job_id: str, depends_on: list[str], using: str) -> None:
+    from .models import JobDependency
+
+    JobDependency.objects.using(using).bulk_create(
+        [JobDependency(job_id=job_id, depends_on_id=parent) for parent in depends_on], ignore_conflicts=True
+    )
+
+
 def create(
     *,
     job_id: str,
@@ -91,14 +99,45 @@ def mark_finished(job_id: str, result: Any) -> None:
     _update(job_id, status=JobStatus.FINISHED, result=result, ended_at=timezone.now(), error="")
 
 
+def _failure(job_id: str, error: str, status: str) -> None:
+    """Record a failed attempt: ``error`` becomes the last error and joins the history."""
+    now = timezone.now()
+    row = JobRecord.objects.using(db_alias()).filter(pk=job_id).values("attempts", "error_history").first()
+    history = list(row["error_history"] or []) if row else []
+    history.append({"attempt": row["attempts"] if row else 0, "at": now.isoformat(), "error": error})
+    _update(job_id, status=status, error=error, error_history=history, ended_at=now)
+
+
 def mark_failed(job_id: str, error: str, status: str = JobStatus.FAILED) -> None:
     """The job ended without a result: ``failed`` (or ``stopped``), with the error text."""
-    _update(job_id, status=status, error=error, ended_at=timezone.now())
+    _failure(job_id, error, status)
 
 
 def mark_retrying(job_id: str, error: str, status: str) -> None:
     """The attempt failed and RQ put the job back (``queued`` or ``scheduled``)."""
-    _update(job_id, status=status, error=error, ended_at=timezone.now())
+    _failure(job_id, error, status)
+
+
+def mark_requeued(job_ids: list[str]) -> int:
+    """Make final jobs wait again, as a new attempt of the same rows (errors are kept)."""
+    return (
+        JobRecord.objects.using(db_alias())
+        .filter(pk__in=job_ids)
+        .update(status=JobStatus.QUEUED, result=None, started_at=None, ended_at=None, needs_push=False)
+    )
+
+
+def mark_canceled_many(job_ids: list[str]) -> int:
+    return (
+        JobRecord.objects.using(db_alias())
+        .filter(pk__in=job_ids)
+        .update(status=JobStatus.CANCELED, ended_at=timezone.now())
+    )
+
+
+def set_meta(job_id: str, meta: dict[str, Any]) -> None:
+    """Replace the job's ``meta`` (progress and user data)."""
+    _update(job_id, meta=meta)
 
 
 def mark_canceled(job_id: str) -> None:

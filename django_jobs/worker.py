@@ -10,6 +10,8 @@ between two jobs costs nothing but a reconnect.
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +23,8 @@ from rq.job import Job
 from rq.job import JobStatus as RQJobStatus
 from rq.serializers import JSONSerializer
 
-from . import records
+from . import pauses, records
+from .conf import conf
 from .exceptions import JobFunctionImportError
 from .models import JobStatus
 from .payload import check_result, to_jsonable
@@ -83,7 +86,49 @@ class RecordingWorkerMixin:
 
     job_class = JobsJob
     name: str
+    queues: list[Queue]
+    _ordered_queues: list[Queue]
     _stopped_job_id: str | None
+    _paused: frozenset[str] = frozenset()
+    _pauses_read_at = float("-inf")
+    _full_order: list[Queue] | None = None
+
+    def _skip_paused_queues(self) -> bool:
+        """Leave paused queues out of the dequeue order; return whether any queue is left."""
+        now = time.monotonic()
+        if now - self._pauses_read_at >= conf.pause_check_interval:
+            self._paused = frozenset(pauses.paused(self.connection))  # type: ignore[attr-defined]
+            self._pauses_read_at = now
+        if not self._paused:
+            if self._full_order is not None:
+                self._ordered_queues, self._full_order = self._full_order, None
+            return True
+        if self._full_order is None:
+            self._full_order = list(self._ordered_queues)
+        self._ordered_queues = [queue for queue in self._full_order if queue.name not in self._paused]
+        return bool(self._ordered_queues)
+
+    def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
+        """RQ's dequeue, skipping paused queues and noticing a pause or resume within seconds."""
+        dequeue = super().dequeue_job_and_maintain_ttl  # type: ignore[misc]
+        if timeout is None:  # burst: one pass over the queues that are not paused
+            return dequeue(None, max_idle_time) if self._skip_paused_queues() else None
+        idle_since = time.monotonic()
+        while True:
+            window = max(1, math.ceil(conf.pause_check_interval))
+            if max_idle_time is not None:
+                left = max_idle_time - (time.monotonic() - idle_since)
+                if left <= 0:
+                    return None
+                window = min(window, math.ceil(left))
+            if not self._skip_paused_queues():
+                self.heartbeat()  # type: ignore[attr-defined]
+                time.sleep(window)
+                continue
+            # Come back after `window` idle seconds to look at the pauses again.
+            result = dequeue(min(timeout, window), max_idle_time=window)
+            if result is not None:
+                return result
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         reset_database_connections()

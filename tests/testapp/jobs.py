@@ -67,3 +67,19 @@ def asks_for_retry() -> Any:
     from rq import Retry
 
     return Retry(max=1)
+
+
+@job(redact=["card_number"])
+def charge(order_id: int, card_number: str, *, cvv: str = "") -> str:
+    return f"charged {order_id}"
+
+
+@job
+def crunch(steps: int) -> int:
+    """Report progress on every step (the helper throttles the writes)."""
+    from django_jobs.progress import set_progress
+
+    writes = 0
+    for step in range(1, steps + 1):
+        writes += set_progress(step, steps, message=f"step {step}")
+    return writes

@@ -1,0 +1,142 @@
+"""Actions on many jobs at once (the admin's requeue, cancel, stop and delete), in batches."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import transaction
+from django.db.models import QuerySet
+from redis.exceptions import RedisError
+from rq.command import send_stop_job_command
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Job
+
+from . import records
+from .enqueue import push
+from .models import JobRecord, JobStatus
+from .queues import get_queue
+
+logger = logging.getLogger("django_jobs.manager")
+
+BATCH_SIZE = 1000
+
+REQUEUEABLE = (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED)
+CANCELABLE = (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED)
+STOPPABLE = (JobStatus.STARTED,)
+
+
+@dataclass
+class Outcome:
+    """What an action did: how many rows, and why the others were skipped."""
+
+    verb: str
+    done: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+
+    def message(self) -> str:
+        noun = "job" if self.done == 1 else "jobs"
+        text = f"{self.done} {noun} {self.verb}"
+        if self.skipped:
+            reasons = ", ".join(f"{count} {reason}" for reason, count in sorted(self.skipped.items()))
+            text += f"; skipped: {reasons}"
+        return text + "."
+
+
+def _batches(queryset: QuerySet[JobRecord]) -> Iterator[list[dict[str, Any]]]:
+    """Rows in primary-key order, BATCH_SIZE at a time, without holding a long query open."""
+    last = ""
+    base = queryset.order_by("pk").values("pk", "status", "func_name", "queue", "args", "kwargs", "options")
+    while True:
+        batch: list[dict[str, Any]] = [dict(row) for row in base.filter(pk__gt=last)[:BATCH_SIZE]]
+        if not batch:
+            return
+        yield batch
+        last = batch[-1]["pk"]
+
+
+def _split(batch: list[dict[str, Any]], allowed: tuple[str, ...], outcome: Outcome) -> list[dict[str, Any]]:
+    chosen = []
+    for row in batch:
+        if row["status"] in allowed:
+            chosen.append(row)
+        else:
+            outcome.skipped[f"because they were {row['status']}"] += 1
+    return chosen
+
+
+def _fetch(queue_name: str, job_id: str) -> Job | None:
+    queue = get_queue(queue_name)
+    try:
+        job: Job = queue.job_class.fetch(job_id, connection=queue.connection, serializer=queue.serializer)
+    except NoSuchJobError:
+        return None
+    return job
+
+
+def requeue(queryset: QuerySet[JobRecord]) -> Outcome:
+    """Run failed, stopped or canceled jobs again: a new attempt of the same rows, earlier errors kept."""
+    outcome = Outcome("requeued")
+    using = records.db_alias()
+    for batch in _batches(queryset):
+        rows = _split(batch, REQUEUEABLE, outcome)
+        if not rows:
+            continue
+        with transaction.atomic(using=using):
+            records.mark_requeued([row["pk"] for row in rows])
+        for row in rows:
+            # The push below is what matters; it marks the row if Redis is away.
+            with contextlib.suppress(RedisError, ValueError):
+                get_queue(row["queue"]).failed_job_registry.remove(row["pk"])
+            push(row["pk"], row["func_name"], row["queue"], row["args"], row["kwargs"], row["options"], using)
+        outcome.done += len(rows)
+    return outcome
+
+
+def cancel(queryset: QuerySet[JobRecord]) -> Outcome:
+    """Cancel jobs that have not started: they leave Redis and end ``canceled``."""
+    outcome = Outcome("canceled")
+    for batch in _batches(queryset):
+        rows = _split(batch, CANCELABLE, outcome)
+        for row in rows:
+            job = _fetch(row["queue"], row["pk"])
+            if job is not None:
+                with contextlib.suppress(InvalidJobOperation):  # already canceled in Redis
+                    job.cancel()
+        records.mark_canceled_many([row["pk"] for row in rows])
+        outcome.done += len(rows)
+    return outcome
+
+
+def stop(queryset: QuerySet[JobRecord]) -> Outcome:
+    """Ask the workers running these jobs to stop them (they end ``stopped``)."""
+    outcome = Outcome("asked to stop")
+    for batch in _batches(queryset):
+        for row in _split(batch, STOPPABLE, outcome):
+            try:
+                send_stop_job_command(get_queue(row["queue"]).connection, row["pk"])
+            except (InvalidJobOperation, NoSuchJobError):
+                outcome.skipped["because no worker was running them"] += 1
+                continue
+            outcome.done += 1
+    return outcome
+
+
+def delete(queryset: QuerySet[JobRecord]) -> Outcome:
+    """Delete rows (and their RQ jobs); running jobs are left alone."""
+    outcome = Outcome("deleted")
+    for batch in _batches(queryset):
+        rows = [row for row in batch if row["status"] != JobStatus.STARTED]
+        outcome.skipped["because they were running"] += len(batch) - len(rows)
+        for row in rows:
+            job = _fetch(row["queue"], row["pk"])
+            if job is not None:
+                job.delete()
+        JobRecord.objects.using(records.db_alias()).filter(pk__in=[row["pk"] for row in rows]).delete()
+        outcome.done += len(rows)
+    outcome.skipped = +outcome.skipped  # drop zero counts
+    return outcome
