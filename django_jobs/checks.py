@@ -127,12 +127,22 @@ def check_options(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
                 id="django_jobs.E004",
             )
         )
-    poll = options.get("WAIT_POLL_INTERVAL", DEFAULTS["WAIT_POLL_INTERVAL"])
-    if not isinstance(poll, int | float) or isinstance(poll, bool) or poll <= 0:
+    for key in ("WAIT_POLL_INTERVAL", "PROGRESS_INTERVAL", "PAUSE_CHECK_INTERVAL"):
+        seconds = options.get(key, DEFAULTS[key])
+        if not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds <= 0:
+            messages.append(
+                Error(
+                    f"DJANGO_JOBS[{key!r}] must be a positive number of seconds, not {seconds!r}.",
+                    hint=f"For example {DEFAULTS[key]}.",
+                    id="django_jobs.E004",
+                )
+            )
+    redact = options.get("REDACT", ())
+    if isinstance(redact, str) or not all(isinstance(name, str) for name in redact or ()):
         messages.append(
             Error(
-                f"DJANGO_JOBS['WAIT_POLL_INTERVAL'] must be a positive number of seconds, not {poll!r}.",
-                hint="For example 0.05.",
+                f"DJANGO_JOBS['REDACT'] must be a list of argument names, not {redact!r}.",
+                hint='For example ["password", "card_number"].',
                 id="django_jobs.E004",
             )
         )

@@ -83,6 +83,15 @@ def test_e003_unknown_key_suggests_the_close_one(settings: Any) -> None:
     assert "'SERIALIZER'" in messages[0].hint
 
 
+@pytest.mark.parametrize(
+    "options",
+    [{"PROGRESS_INTERVAL": -1}, {"PAUSE_CHECK_INTERVAL": "2"}, {"REDACT": "password"}, {"REDACT": [1]}],
+)
+def test_e004_admin_option_values(settings: Any, options: dict[str, Any]) -> None:
+    settings.DJANGO_JOBS = options
+    assert ids(check_options()) == ["django_jobs.E004"]
+
+
 def test_e004_bad_option_values(settings: Any) -> None:
     settings.DJANGO_JOBS = {"SERIALIZER": "no.such.module.Serializer", "WAIT_POLL_INTERVAL": 0}
     messages = check_options()
