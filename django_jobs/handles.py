@@ -97,22 +97,13 @@ class JobHandle(Generic[R]):
         return job
 
     def cancel(self) -> bool:
-        """Cancel a job that has not started yet; return whether it was canceled."""
-        from . import records
+        """Cancel a job that has not started yet; return whether it was canceled.
 
-        record = self.record
-        if record is None or record.status not in (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED):
-            return False
-        job = self.rq_job()
-        if job is not None:
-            job.cancel()
-        else:
-            # Not in Redis yet: its push may still be waiting for a commit.
-            from .enqueue import forget_push
+        Works before the enqueuing transaction commits too: the pending push is dropped.
+        """
+        from . import manager, records
 
-            forget_push(self.id)
-        records.mark_canceled(self.id)
-        return True
+        return manager.cancel(JobRecord.objects.using(records.db_alias()).filter(pk=self.id)).done == 1
 
     def stop(self) -> bool:
         """Ask the worker running this job to stop it; return whether a request was sent.
@@ -120,15 +111,9 @@ class JobHandle(Generic[R]):
         Only a forking worker can stop a job (it kills the job's process); a
         SimpleWorker ignores the request and the job runs to its end.
         """
-        from rq.command import send_stop_job_command
+        from . import manager, records
 
-        from .queues import get_connection
-
-        record = self.record
-        if record is None or record.status != JobStatus.STARTED:
-            return False
-        send_stop_job_command(get_connection(record.queue), self.id)
-        return True
+        return manager.stop(JobRecord.objects.using(records.db_alias()).filter(pk=self.id)).done == 1
 
 
 def get_job(job_id: str) -> JobHandle[Any]:

@@ -17,7 +17,7 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job
 
 from . import records
-from .enqueue import push
+from .enqueue import forget_push, push
 from .models import JobRecord, JobStatus
 from .queues import get_queue
 
@@ -104,9 +104,11 @@ def cancel(queryset: QuerySet[JobRecord]) -> Outcome:
         rows = _split(batch, CANCELABLE, outcome)
         for row in rows:
             job = _fetch(row["queue"], row["pk"])
-            if job is not None:
-                with contextlib.suppress(InvalidJobOperation):  # already canceled in Redis
-                    job.cancel()
+            if job is None:
+                forget_push(row["pk"])  # its push may still be waiting for a commit
+                continue
+            with contextlib.suppress(InvalidJobOperation):  # already canceled in Redis
+                job.cancel()
         records.mark_canceled_many([row["pk"] for row in rows])
         outcome.done += len(rows)
     return outcome
