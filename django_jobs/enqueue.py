@@ -227,7 +227,16 @@ def push(
         if queue_config(queue_name).get("ASYNC", True) is False:
             run_inline(rq_queue, rq_job)
             return True
-        rq_job = rq_queue.enqueue_job(rq_job, at_front=bool(options.get("at_front")))
+        if options.get("depends_on"):
+            # Dependencies are checked under WATCH: RQ needs its own round trips.
+            rq_job = rq_queue.enqueue_job(rq_job, at_front=bool(options.get("at_front")))
+        else:
+            # Everything in one round trip to Redis.
+            with rq_queue.connection.pipeline() as pipeline:
+                rq_job = rq_queue.enqueue_job(
+                    rq_job, pipeline=pipeline, at_front=bool(options.get("at_front"))
+                )
+                pipeline.execute()
     except (RedisError, OSError) as exc:
         logger.warning(
             "Could not push job %s (%s) to Redis queue %r: %s. The row is kept as queued "
