@@ -48,6 +48,11 @@ DEFAULTS: dict[str, Any] = {
     "PROGRESS_INTERVAL": 0.5,
     # Seconds a worker may take to notice that a queue was paused or resumed.
     "PAUSE_CHECK_INTERVAL": 2.0,
+    # Periodic jobs declared in settings, synced to PeriodicJob rows when the
+    # scheduler starts: {"name": {"func": "app.jobs.f", "cron": "0 3 * * *"
+    # or "interval": 60, "args": [], "kwargs": {}, "queue": "", "timezone": "",
+    # "missed_runs": "skip" | "run_once"}}.
+    "SCHEDULE": {},
 }
 
 #: Queue keys that say where Redis is; a queue needs at least one. In
@@ -121,6 +126,11 @@ class JobsSettings:
     @property
     def pause_check_interval(self) -> float:
         return float(self._get("PAUSE_CHECK_INTERVAL"))
+
+    @property
+    def schedule(self) -> dict[str, dict[str, Any]]:
+        value = self._get("SCHEDULE")
+        return value if isinstance(value, dict) else {}
 
     @property
     def installed_apps(self) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 if TYPE_CHECKING:
@@ -38,6 +39,10 @@ class JobFunction(Generic[P, R]):
         retry: int | Retry | None = None,
         description: str | None = None,
         redact: Iterable[str] = (),
+        cron: str | None = None,
+        interval: int | None = None,
+        schedule_timezone: str | None = None,
+        missed_runs: str = "skip",
     ) -> None:
         qualname = getattr(func, "__qualname__", "")
         if not callable(func) or "<locals>" in qualname or "<lambda>" in qualname:
@@ -60,6 +65,21 @@ class JobFunction(Generic[P, R]):
         if isinstance(redact, str):
             redact = [redact]
         self.redact = frozenset(redact)
+        if cron or interval:
+            from django.core.exceptions import ValidationError
+
+            from .schedules import validate_schedule
+
+            try:
+                validate_schedule(cron or "", interval, schedule_timezone or "")
+            except ValidationError as exc:
+                raise ValueError(f"@job on {func.__module__}.{qualname}: {' '.join(exc.messages)}") from None
+            if missed_runs not in ("skip", "run_once"):
+                raise ValueError(f"@job(missed_runs=…) is 'skip' or 'run_once', not {missed_runs!r}.")
+        self.cron = cron
+        self.interval = interval
+        self.schedule_timezone = schedule_timezone
+        self.missed_runs = missed_runs
         self.signature = inspect.signature(func)
         registry[self.name] = self
 
@@ -90,8 +110,15 @@ class JobFunction(Generic[P, R]):
         depends_on: JobHandle[Any] | str | Iterable[JobHandle[Any] | str] | None = None,
         at_front: bool = False,
         timeout: int | str | None = None,
+        countdown: float | timedelta | None = None,
+        eta: datetime | None = None,
     ) -> JobHandle[R]:
-        """Enqueue a call with per-call options; return its handle at once."""
+        """Enqueue a call with per-call options; return its handle at once.
+
+        ``countdown`` (seconds or a timedelta) or ``eta`` (a datetime; naive
+        means ``settings.TIME_ZONE``) delay it: the row is ``scheduled`` and
+        the scheduler (``manage.py rqscheduler``) queues it when due.
+        """
         from .enqueue import enqueue
 
         return enqueue(
@@ -103,7 +130,21 @@ class JobFunction(Generic[P, R]):
             depends_on=depends_on,
             at_front=at_front,
             timeout=timeout,
+            countdown=countdown,
+            eta=eta,
         )
+
+    def enqueue_in(self, delay: timedelta | float, /, *args: P.args, **kwargs: P.kwargs) -> JobHandle[R]:
+        """Run the call after ``delay`` (a timedelta or seconds)."""
+        from .enqueue import enqueue
+
+        return enqueue(self, args, kwargs, countdown=delay)
+
+    def enqueue_at(self, when: datetime, /, *args: P.args, **kwargs: P.kwargs) -> JobHandle[R]:
+        """Run the call at ``when`` (naive means ``settings.TIME_ZONE``)."""
+        from .enqueue import enqueue
+
+        return enqueue(self, args, kwargs, eta=when)
 
 
 @overload
@@ -123,6 +164,10 @@ def job(
     retry: int | Retry | None = None,
     description: str | None = None,
     redact: Iterable[str] = (),
+    cron: str | None = None,
+    interval: int | None = None,
+    schedule_timezone: str | None = None,
+    missed_runs: str = "skip",
 ) -> Callable[[Callable[P, R]], JobFunction[P, R]]: ...
 
 
@@ -138,6 +183,10 @@ def job(
     retry: int | Retry | None = None,
     description: str | None = None,
     redact: Iterable[str] = (),
+    cron: str | None = None,
+    interval: int | None = None,
+    schedule_timezone: str | None = None,
+    missed_runs: str = "skip",
 ) -> JobFunction[P, R] | Callable[[Callable[P, R]], JobFunction[P, R]]:
     """Make a function a background job.
 
@@ -148,6 +197,11 @@ def job(
     ``ttl`` how long the job may wait in its queue, ``retry`` how many times
     a failed run is retried (or an ``rq.Retry`` with intervals), ``redact``
     the argument names shown as "••••" in the admin and in logs.
+
+    ``cron="0 3 * * *"`` or ``interval=seconds`` also make it a periodic job
+    (in ``schedule_timezone``, ``settings.TIME_ZONE`` by default), synced to a
+    :class:`~django_jobs.models.PeriodicJob` row when ``rqscheduler`` starts;
+    ``missed_runs`` is "skip" (the default) or "run_once".
     """
     if callable(func_or_queue):
         return JobFunction(func_or_queue)
@@ -167,6 +221,10 @@ def job(
             retry=retry,
             description=description,
             redact=redact,
+            cron=cron,
+            interval=interval,
+            schedule_timezone=schedule_timezone,
+            missed_runs=missed_runs,
         )
 
     return decorate

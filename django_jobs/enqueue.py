@@ -14,10 +14,12 @@ import logging
 import re
 import uuid
 from collections.abc import Iterable
+from datetime import datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from django.db import transaction
+from django.utils import timezone
 from redis.exceptions import RedisError
 
 from . import records
@@ -37,6 +39,27 @@ _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 def new_job_id() -> str:
     """A fresh job id, made here so that the caller has it before any I/O."""
     return uuid.uuid4().hex
+
+
+def due_time(label: str, countdown: float | timedelta | None, eta: datetime | None) -> datetime | None:
+    """When a delayed job is due (aware), or None to run it now (no delay, or a time already past)."""
+    if countdown is not None and eta is not None:
+        raise TypeError(f"{label}: give countdown or eta, not both.")
+    now = timezone.now()
+    if countdown is not None:
+        if isinstance(countdown, bool) or not isinstance(countdown, int | float | timedelta):
+            raise TypeError(
+                f"{label}: countdown must be seconds or a timedelta, not {type(countdown).__name__}."
+            )
+        delay = countdown if isinstance(countdown, timedelta) else timedelta(seconds=countdown)
+        eta = now + delay
+    if eta is None:
+        return None
+    if not isinstance(eta, datetime):
+        raise TypeError(f"{label}: eta must be a datetime, not {type(eta).__name__}.")
+    if timezone.is_naive(eta):
+        eta = timezone.make_aware(eta, timezone.get_default_timezone())  # documented: settings.TIME_ZONE
+    return eta if eta > now else None
 
 
 def check_timeout(label: str, timeout: Any) -> None:
@@ -95,8 +118,16 @@ def enqueue(
     depends_on: Any = None,
     at_front: bool = False,
     timeout: int | str | None = None,
+    countdown: float | timedelta | None = None,
+    eta: datetime | None = None,
+    periodic_job_id: int | None = None,
 ) -> JobHandle[Any]:
-    """Enqueue ``function(*args, **kwargs)``; return its handle at once."""
+    """Enqueue ``function(*args, **kwargs)``; return its handle at once.
+
+    With ``countdown`` (seconds or a timedelta) or ``eta`` (a datetime; a
+    naive one is read in ``settings.TIME_ZONE``) the row is ``scheduled``
+    and the scheduler pushes it when due; a time in the past runs now.
+    """
     from .conf import conf
     from .handles import JobHandle
 
@@ -151,6 +182,11 @@ def enqueue(
     if at_front:
         options["at_front"] = True
 
+    run_at = due_time(label, countdown, eta)
+    if run_at is not None:
+        status = JobStatus.SCHEDULED
+    else:
+        status = JobStatus.DEFERRED if dependencies else JobStatus.QUEUED
     using = records.db_alias()
     records.create(
         job_id=job_id,
@@ -158,12 +194,16 @@ def enqueue(
         queue=queue_name,
         args=stored_args,
         kwargs=stored_kwargs,
-        status=JobStatus.DEFERRED if dependencies else JobStatus.QUEUED,
+        status=status,
         options=options,
         using=using,
+        scheduled_for=run_at,
+        periodic_job_id=periodic_job_id,
     )
     if dependencies:
         records.add_dependencies(job_id, dependencies, using)
+    if run_at is not None:
+        return JobHandle(job_id)  # the database holds it until the scheduler finds it due
     transaction.on_commit(
         partial(push, job_id, function.name, queue_name, list(args), dict(kwargs), options, using),
         using=using,

@@ -58,6 +58,17 @@ class JobRecord(models.Model):
     error_history = models.JSONField(_("earlier errors"), default=list, blank=True)
     attempts = models.PositiveIntegerField(_("attempts"), default=0)
     enqueued_at = models.DateTimeField(_("enqueued at"), default=timezone.now)
+    # When a delayed job is due; the scheduler moves it into its queue then.
+    scheduled_for = models.DateTimeField(_("scheduled for"), null=True, blank=True)
+    periodic_job = models.ForeignKey(
+        "PeriodicJob",
+        verbose_name=_("periodic job"),
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="runs",
+        db_constraint=False,
+    )
     started_at = models.DateTimeField(_("started at"), null=True, blank=True)
     ended_at = models.DateTimeField(_("ended at"), null=True, blank=True)
     worker_name = models.CharField(_("worker"), max_length=255, blank=True, default="")
@@ -89,6 +100,7 @@ class JobRecord(models.Model):
             models.Index(fields=["queue", "-enqueued_at"], name="django_jobs_queue_idx"),
             models.Index(fields=["func_name", "-enqueued_at"], name="django_jobs_func_idx"),
             models.Index(fields=["ended_at"], name="django_jobs_ended_idx"),
+            models.Index(fields=["status", "scheduled_for"], name="django_jobs_due_idx"),
         ]
 
     def __str__(self) -> str:
@@ -135,3 +147,90 @@ class Dashboard(JobRecord):
         proxy = True
         verbose_name = _("dashboard")
         verbose_name_plural = _("dashboard")
+
+
+class MissedRunPolicy(models.TextChoices):
+    """What a periodic job does about runs it missed while no scheduler ran."""
+
+    SKIP = "skip", _("skip to the next run")
+    RUN_ONCE = "run_once", _("run once to catch up")
+
+
+class PeriodicJob(models.Model):
+    """A schedule: run ``func_name`` on a cron expression or every ``interval`` seconds.
+
+    Rows come from code (``@job(cron=…)``, ``DJANGO_JOBS["SCHEDULE"]``),
+    synced when the scheduler starts, or from the admin. Each run is an
+    ordinary :class:`JobRecord` linked here.
+    """
+
+    name = models.CharField(_("name"), max_length=200, unique=True)
+    func_name = models.CharField(_("function"), max_length=255)
+    args = models.JSONField(_("arguments"), default=list, blank=True)
+    kwargs = models.JSONField(_("keyword arguments"), default=dict, blank=True)
+    queue = models.CharField(_("queue"), max_length=100, blank=True, default="")
+    cron = models.CharField(_("cron expression"), max_length=100, blank=True, default="")
+    interval = models.PositiveIntegerField(_("interval (seconds)"), null=True, blank=True)
+    timezone = models.CharField(_("time zone"), max_length=64, blank=True, default="")
+    enabled = models.BooleanField(_("enabled"), default=True)
+    missed_runs = models.CharField(
+        _("missed runs"), max_length=16, choices=MissedRunPolicy.choices, default=MissedRunPolicy.SKIP
+    )
+    next_run_at = models.DateTimeField(_("next run at"), null=True, blank=True)
+    last_run_at = models.DateTimeField(_("last run at"), null=True, blank=True)
+    last_run = models.ForeignKey(
+        JobRecord,
+        verbose_name=_("last run"),
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_constraint=False,
+    )
+    total_runs = models.PositiveIntegerField(_("total runs"), default=0)
+    # "code" for schedules declared in code; "admin" for rows made in the admin.
+    source = models.CharField(_("source"), max_length=16, default="admin", editable=False)
+    # What the code declared at the last sync, to report admin edits as drift.
+    code_definition = models.JSONField(_("definition in code"), null=True, blank=True, editable=False)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("periodic job")
+        verbose_name_plural = _("periodic jobs")
+        ordering = ["name"]
+        indexes = [models.Index(fields=["enabled", "next_run_at"], name="django_jobs_periodic_due_idx")]
+        constraints = [
+            models.CheckConstraint(
+                condition=~models.Q(cron="") | models.Q(interval__isnull=False),
+                name="django_jobs_periodic_has_schedule",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        from .schedules import validate_schedule
+
+        validate_schedule(self.cron, self.interval, self.timezone)
+
+    def definition(self) -> dict[str, Any]:
+        """The fields a schedule in code declares, for drift detection."""
+        return {
+            "func_name": self.func_name,
+            "args": self.args,
+            "kwargs": self.kwargs,
+            "queue": self.queue,
+            "cron": self.cron,
+            "interval": self.interval,
+            "timezone": self.timezone,
+            "missed_runs": self.missed_runs,
+        }
+
+    @property
+    def drift(self) -> list[str]:
+        """Fields of a code schedule that differ from the code (edited in the admin)."""
+        if self.source != "code" or not self.code_definition:
+            return []
+        current = self.definition()
+        return [key for key, value in self.code_definition.items() if current.get(key) != value]

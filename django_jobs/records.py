@@ -47,6 +47,8 @@ def create(
     status: str,
     options: dict[str, Any],
     using: str,
+    scheduled_for: Any = None,
+    periodic_job_id: int | None = None,
 ) -> JobRecord:
     """Insert the row of a job being enqueued."""
     return JobRecord.objects.using(using).create(
@@ -57,6 +59,17 @@ def create(
         args=args,
         kwargs=kwargs,
         options=options,
+        scheduled_for=scheduled_for,
+        periodic_job_id=periodic_job_id,
+    )
+
+
+def claim_due(job_ids: list[str], using: str) -> int:
+    """Move due ``scheduled`` rows to ``queued``; only rows still scheduled are taken."""
+    return (
+        JobRecord.objects.using(using)
+        .filter(pk__in=job_ids, status=JobStatus.SCHEDULED)
+        .update(status=JobStatus.QUEUED, needs_push=False)
     )
 
 

@@ -10,6 +10,7 @@ import sys
 import time
 from typing import Any
 
+from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
 from django.utils.module_loading import import_string
@@ -58,7 +59,8 @@ class Command(BaseCommand):
         parser.add_argument(
             "--with-scheduler",
             action="store_true",
-            help="Also run RQ's scheduler (delayed jobs and retry delays).",
+            help="Also run the scheduler loop (as rqscheduler does, under the same leader lease) "
+            "and RQ's own scheduler (RQ's enqueue_at/enqueue_in and retry intervals).",
         )
         parser.add_argument(
             "--worker-class",
@@ -128,13 +130,36 @@ class Command(BaseCommand):
         )
         # Nothing opened so far may leak into the work horses.
         connections.close_all()
-        worker.work(
-            burst=options["burst"],
-            with_scheduler=options["with_scheduler"],
-            max_jobs=options["max_jobs"],
-            max_idle_time=options["max_idle_time"],
-            logging_level=options["logging_level"].upper(),
-            dequeue_strategy=options["dequeue_strategy"],
+        scheduler = None
+        if options["with_scheduler"]:
+            if options["burst"]:
+                # One pass now, so that what is already due runs in this burst.
+                call_command("rqscheduler", "--burst", "--logging-level", "WARNING")
+                connections.close_all()
+            else:
+                scheduler = self.start_scheduler()
+        try:
+            worker.work(
+                burst=options["burst"],
+                with_scheduler=options["with_scheduler"],
+                max_jobs=options["max_jobs"],
+                max_idle_time=options["max_idle_time"],
+                logging_level=options["logging_level"].upper(),
+                dequeue_strategy=options["dequeue_strategy"],
+            )
+        finally:
+            if scheduler is not None:
+                scheduler.terminate()
+                try:
+                    scheduler.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    scheduler.kill()
+
+    def start_scheduler(self) -> subprocess.Popen[bytes]:
+        """Run ``rqscheduler`` beside this worker; it leads only while no other scheduler does."""
+        command = [sys.executable, "-m", "django", "rqscheduler", "--settings", conf.settings_module]
+        return subprocess.Popen(
+            command, env=dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
         )
 
     def run_pool(self, names: list[str], options: dict[str, Any]) -> None:
