@@ -79,6 +79,12 @@ else:
 if os.environ.get("DJANGO_JOBS_TEST_CONN_MAX_AGE"):
     DATABASES["default"]["CONN_MAX_AGE"] = int(os.environ["DJANGO_JOBS_TEST_CONN_MAX_AGE"])
 
+# Periodic jobs for scheduler subprocesses started by a test.
+if os.environ.get("DJANGO_JOBS_TEST_SCHEDULE"):
+    import json
+
+    DJANGO_JOBS = {"SCHEDULE": json.loads(os.environ["DJANGO_JOBS_TEST_SCHEDULE"])}
+
 # A worker subprocess started by a test uses the test database by this name.
 if os.environ.get("DJANGO_JOBS_TEST_DB_NAME"):
     DATABASES["default"]["NAME"] = os.environ["DJANGO_JOBS_TEST_DB_NAME"]

@@ -83,3 +83,8 @@ def crunch(steps: int) -> int:
     for step in range(1, steps + 1):
         writes += set_progress(step, steps, message=f"step {step}")
     return writes
+
+
+@job("low", cron="0 3 * * *", schedule_timezone="Europe/Paris")
+def nightly_cleanup() -> str:
+    return "cleaned"
