@@ -108,6 +108,34 @@ def promote_due(now: datetime, batch: int = 500) -> int:
             return pushed
 
 
+#: Where rq-scheduler (django-rq's get_scheduler()) keeps its jobs.
+RQ_SCHEDULER_KEY = "rq:scheduler:scheduled_jobs"
+
+RQ_SCHEDULER_MISSING = (
+    "{count} job(s) scheduled with rq-scheduler wait in Redis ({key}) and rq-scheduler is not installed, "
+    "so nothing will run them. Install it (pip install 'django-jobs[rq-scheduler]'): rqscheduler then "
+    "queues them when due, under its leader lease. Or re-create them with .enqueue_at()/.enqueue_in() "
+    "or as periodic jobs (@job(cron=…) or DJANGO_JOBS['SCHEDULE']); see docs/scheduling.md."
+)
+
+
+def rq_scheduler_backlog(connection: Redis) -> int:
+    """How many jobs rq-scheduler holds in Redis."""
+    return int(connection.zcard(RQ_SCHEDULER_KEY))
+
+
+def promote_rq_scheduler_jobs(connection: Redis) -> int | None:
+    """Queue the due jobs of rq-scheduler (it re-schedules repeats and cron jobs itself).
+
+    Returns how many were queued, or None when rq-scheduler is not installed.
+    """
+    try:
+        from rq_scheduler import Scheduler as RQScheduler
+    except ImportError:
+        return None
+    return len(RQScheduler(connection=connection).enqueue_jobs())
+
+
 def start_run(periodic: PeriodicJob) -> JobRecord | None:
     """Enqueue one run of ``periodic`` now, without touching its schedule."""
     from .decorators import registry
@@ -261,6 +289,7 @@ class Scheduler:
         self.lock = LeaderLock(get_connection(), lock_ttl, self.name)
         self.leading = False
         self.synced = False
+        self.warned_rq_scheduler = False
         self.stop_event = threading.Event()
 
     def tick(self) -> dict[str, int]:
@@ -281,7 +310,16 @@ class Scheduler:
             self.synced = True
         now = timezone.now()
         late_after = timedelta(seconds=max(5.0, 3 * self.interval))
-        return {"promoted": promote_due(now), "periodic": run_periodic(now, late_after)}
+        done = {"promoted": promote_due(now), "periodic": run_periodic(now, late_after)}
+        legacy = promote_rq_scheduler_jobs(self.lock.connection)
+        if legacy is None:
+            backlog = rq_scheduler_backlog(self.lock.connection)
+            if backlog and not self.warned_rq_scheduler:
+                logger.warning(RQ_SCHEDULER_MISSING.format(count=backlog, key=RQ_SCHEDULER_KEY))
+                self.warned_rq_scheduler = True
+        else:
+            done["promoted"] += legacy
+        return done
 
     def run(self, burst: bool = False) -> None:
         """Tick every ``interval`` seconds until stopped (or once, with ``burst``)."""

@@ -367,3 +367,40 @@ def test_rqscheduler_flags_are_checked(manage: Any) -> None:
     result = manage("rqscheduler", "--interval", "2", "--lock-ttl", "1")
     assert result.returncode == 1
     assert "--lock-ttl (1.0) must be longer than --interval (2.0)" in result.stderr
+
+
+# -- migration from rq-scheduler ------------------------------------------------------------------------
+
+
+@db
+def test_rq_scheduler_jobs_keep_running_under_the_lease(settings: Any, redis: Any) -> None:
+    rq_scheduler = pytest.importorskip("rq_scheduler", reason="the rq-scheduler extra is not installed")
+    from django.core.management import call_command
+
+    from django_jobs.testing import run_burst
+
+    settings.DJANGO_JOBS = {"SERIALIZER": "pickle"}  # rq-scheduler writes pickled jobs
+    legacy = rq_scheduler.Scheduler(connection=redis)
+    job = legacy.enqueue_at(dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1), "tests.testapp.jobs.add", 2, 3)
+    repeating = legacy.schedule(dt.datetime.now(dt.UTC), "tests.testapp.jobs.add", args=[1, 1], interval=3600)
+    call_command("rqscheduler", "--burst")
+    run_burst(["default"])
+    assert JobRecord.objects.get(pk=job.id).result == 5
+    assert JobRecord.objects.get(pk=repeating.id).result == 2
+    assert repeating.id in legacy  # rq-scheduler put its next run back
+
+
+@db
+def test_without_rq_scheduler_the_command_says_how_to_migrate(redis: Any) -> None:
+    redis.zadd("rq:scheduler:scheduled_jobs", {"some-old-job": 0})
+    env = dict(os.environ, DJANGO_SETTINGS_MODULE="tests.settings", PYTHONPATH=str(ROOT))
+    env["DJANGO_JOBS_TEST_DB_NAME"] = str(connection.settings_dict["NAME"])
+    code = (
+        "import sys; sys.modules['rq_scheduler'] = None\n"  # as if the package were not installed
+        "from django.core.management import execute_from_command_line\n"
+        "execute_from_command_line(['manage.py', 'rqscheduler', '--burst'])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "1 job(s) scheduled with rq-scheduler wait in Redis" in result.stderr
+    assert "pip install 'django-jobs[rq-scheduler]'" in result.stderr

@@ -10,7 +10,18 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from redis.exceptions import RedisError
 
 from django_jobs.queues import get_connection
-from django_jobs.scheduler import Scheduler
+from django_jobs.scheduler import (
+    RQ_SCHEDULER_KEY,
+    RQ_SCHEDULER_MISSING,
+    Scheduler,
+    rq_scheduler_backlog,
+)
+
+
+def rq_scheduler_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("rq_scheduler") is not None
 
 
 class Command(BaseCommand):
@@ -56,6 +67,12 @@ class Command(BaseCommand):
         scheduler = Scheduler(
             interval=options["interval"], lock_ttl=options["lock_ttl"], name=options["name"]
         )
+        backlog = rq_scheduler_backlog(scheduler.lock.connection)
+        if backlog and not rq_scheduler_installed():
+            self.stderr.write(
+                self.style.WARNING(RQ_SCHEDULER_MISSING.format(count=backlog, key=RQ_SCHEDULER_KEY))
+            )
+            scheduler.warned_rq_scheduler = True
         signal.signal(signal.SIGTERM, scheduler.stop)
         signal.signal(signal.SIGINT, scheduler.stop)
         scheduler.run(burst=options["burst"])
