@@ -45,18 +45,21 @@ def next_cron_run(cron: str, zone: str, after: dt.datetime) -> dt.datetime:
     """The first time strictly after ``after`` that matches ``cron`` in ``zone`` (returned in UTC).
 
     The expression is evaluated on the wall clock of the zone, so "0 3 * * *"
-    stays at 03:00 local time across daylight-saving changes.
+    stays at 03:00 local time across daylight-saving changes. When the
+    clocks go back, wall-clock times repeat: each runs once (the first time).
     """
     tz = get_zone(zone)
     local = after.astimezone(tz)
-    following: dt.datetime = croniter(cron, local).get_next(dt.datetime)
-    if following.tzinfo is None:
-        following = following.replace(tzinfo=tz)
-    result = following.astimezone(dt.UTC)
-    if result <= after:  # a wall-clock time repeated by a DST change: move on
-        following = croniter(cron, following + dt.timedelta(seconds=1)).get_next(dt.datetime)
+    wall = local.replace(tzinfo=None)
+    iterator = croniter(cron, local)
+    while True:
+        following: dt.datetime = iterator.get_next(dt.datetime)
+        if following.tzinfo is None:
+            following = following.replace(tzinfo=tz)
         result = following.astimezone(dt.UTC)
-    return result
+        # Skip a repeated wall-clock time (the hour after the clocks go back).
+        if result > after and following.replace(tzinfo=None) > wall:
+            return result
 
 
 def next_run(cron: str, interval: int | None, zone: str, after: dt.datetime) -> dt.datetime:
