@@ -133,7 +133,11 @@ def promote_rq_scheduler_jobs(connection: Redis) -> int | None:
         from rq_scheduler import Scheduler as RQScheduler
     except ImportError:
         return None
-    return len(RQScheduler(connection=connection).enqueue_jobs())
+    legacy = RQScheduler(connection=connection)
+    due = list(legacy.get_jobs_to_queue())
+    for job in due:
+        legacy.enqueue_job(job)
+    return len(due)
 
 
 def start_run(periodic: PeriodicJob) -> JobRecord | None:

@@ -388,7 +388,7 @@ def test_rqscheduler_flags_are_checked(manage: Any) -> None:
 
 
 @db
-def test_rq_scheduler_jobs_keep_running_under_the_lease(settings: Any, redis: Any) -> None:
+def test_rq_scheduler_jobs_keep_running_under_the_lease(settings: Any, redis: Any, caplog: Any) -> None:
     rq_scheduler = pytest.importorskip("rq_scheduler", reason="the rq-scheduler extra is not installed")
     from django.core.management import call_command
 
@@ -399,6 +399,7 @@ def test_rq_scheduler_jobs_keep_running_under_the_lease(settings: Any, redis: An
     job = legacy.enqueue_at(dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1), "tests.testapp.jobs.add", 2, 3)
     repeating = legacy.schedule(dt.datetime.now(dt.UTC), "tests.testapp.jobs.add", args=[1, 1], interval=3600)
     call_command("rqscheduler", "--burst")
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
     run_burst(["default"])
     assert JobRecord.objects.get(pk=job.id).result == 5
     assert JobRecord.objects.get(pk=repeating.id).result == 2
@@ -419,3 +420,15 @@ def test_without_rq_scheduler_the_command_says_how_to_migrate(redis: Any) -> Non
     assert result.returncode == 0, result.stderr
     assert "1 job(s) scheduled with rq-scheduler wait in Redis" in result.stderr
     assert "pip install 'django-jobs[rq-scheduler]'" in result.stderr
+
+
+@db
+def test_rqworker_with_scheduler_hosts_the_loop(redis: Any) -> None:
+    worker = start("rqworker", "default", "--with-scheduler")
+    try:
+        handle = add.apply_async((4, 5), countdown=1)
+        assert handle.wait(timeout=60) == 9
+        wait_for(lambda: redis.get(LEADER_KEY))  # its scheduler holds the lease
+    finally:
+        output = stop(worker)
+    assert "Traceback" not in output, output

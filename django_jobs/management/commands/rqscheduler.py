@@ -59,7 +59,7 @@ class Command(BaseCommand):
                 f"Cannot reach Redis ({exc}). Check RQ_QUEUES and that Redis is running."
             ) from None
         logger = logging.getLogger("django_jobs.scheduler")
-        if not logger.handlers:
+        if not logger.hasHandlers():
             handler = logging.StreamHandler()
             handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
             logger.addHandler(handler)
