@@ -220,6 +220,13 @@ class JobRecordAdmin(ModelAdmin):
     def has_pause_permission(self, request: HttpRequest) -> bool:
         return self._has(request, "pause_queue")
 
+    def delete_model(self, request: HttpRequest, obj: JobRecord) -> None:
+        # The job page's Delete button: the same as the action (its RQ job goes too).
+        manager.delete(JobRecord.objects.filter(pk=obj.pk))
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[JobRecord]) -> None:
+        manager.delete(queryset)
+
     def get_actions(self, request: HttpRequest) -> dict[str, Any]:
         actions = super().get_actions(request)
         actions.pop("delete_selected", None)  # ours confirms with a count and works in batches

@@ -60,9 +60,11 @@ def _workers() -> list[dict[str, Any]]:
 
 
 def _series(since: datetime, trunc: Any, step: timedelta, buckets: int) -> dict[str, Any]:
+    # Whole buckets only: the first bar starts one step after the (truncated) start.
+    first_bucket = trunc_to(since, step) + step
     rows = (
         JobRecord.objects.using(records.db_alias())
-        .filter(ended_at__gte=since, status__in=[JobStatus.FINISHED, JobStatus.FAILED])
+        .filter(ended_at__gte=first_bucket, status__in=[JobStatus.FINISHED, JobStatus.FAILED])
         .annotate(bucket=trunc("ended_at"))
         .order_by()
         .values("bucket", "status")

@@ -121,6 +121,7 @@ def enqueue(
     countdown: float | timedelta | None = None,
     eta: datetime | None = None,
     periodic_job_id: int | None = None,
+    due_at: datetime | None = None,
 ) -> JobHandle[Any]:
     """Enqueue ``function(*args, **kwargs)``; return its handle at once.
 
@@ -197,7 +198,7 @@ def enqueue(
         status=status,
         options=options,
         using=using,
-        scheduled_for=run_at,
+        scheduled_for=run_at or due_at,
         periodic_job_id=periodic_job_id,
     )
     if dependencies:

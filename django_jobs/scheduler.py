@@ -140,8 +140,11 @@ def promote_rq_scheduler_jobs(connection: Redis) -> int | None:
     return len(due)
 
 
-def start_run(periodic: PeriodicJob) -> JobRecord | None:
-    """Enqueue one run of ``periodic`` now, without touching its schedule."""
+def start_run(periodic: PeriodicJob, due_at: datetime | None = None) -> JobRecord | None:
+    """Enqueue one run of ``periodic`` now, without touching its schedule.
+
+    ``due_at`` (the run's time in the schedule) is kept as the run's ``scheduled_for``.
+    """
     from .decorators import registry
     from .enqueue import enqueue
 
@@ -160,6 +163,7 @@ def start_run(periodic: PeriodicJob) -> JobRecord | None:
         dict(periodic.kwargs or {}),
         queue=periodic.queue or None,
         periodic_job_id=periodic.pk,
+        due_at=due_at,
     )
     return JobRecord.objects.using(records.db_alias()).get(pk=handle.id)
 
@@ -187,7 +191,7 @@ def run_periodic(now: datetime, late_after: timedelta) -> int:
             if not run:
                 logger.info("Periodic job %r: skipped runs missed since %s", periodic.name, was_due)
                 continue
-            record = start_run(periodic)
+            record = start_run(periodic, due_at=was_due)
             if record is None:
                 continue
             PeriodicJob.objects.using(records.db_alias()).filter(pk=periodic.pk).update(
