@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db.models import QuerySet
@@ -38,12 +39,37 @@ COUNT_CAP = 10_000
 
 
 class CappedCountPaginator(Paginator):  # type: ignore[type-arg]
-    """Counts at most COUNT_CAP + 1 rows, so a page never costs a full COUNT(*) of a large table."""
+    """Counts at most ``limit`` + 1 rows, so a page never costs a full COUNT(*) of a large table.
+
+    The limit grows with the page asked for, so paging goes on past it.
+    """
+
+    def __init__(self, *args: Any, limit: int = COUNT_CAP, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.limit = limit
 
     @cached_property
     def count(self) -> int:
         object_list: Any = self.object_list
-        return int(object_list[: COUNT_CAP + 1].count())
+        # Without ORDER BY the capped count is an index-only scan of the filter's index.
+        return int(object_list.order_by()[: self.limit + 1].count())
+
+    @property
+    def capped(self) -> bool:
+        return self.count > self.limit
+
+
+class JobChangeList(ChangeList):
+    """Says "10,000+" rather than a number it did not count to the end."""
+
+    def get_results(self, request: HttpRequest) -> None:
+        super().get_results(request)
+        paginator = self.paginator
+        self.count_capped = bool(getattr(paginator, "capped", False))
+        if self.count_capped:
+            self.result_count_label = f"{paginator.limit:,}+"
+        else:
+            self.result_count_label = f"{self.result_count:,}"
 
 
 class StatusFilter(admin.SimpleListFilter):
@@ -194,6 +220,25 @@ class JobRecordAdmin(ModelAdmin):
         (_("Dependencies"), {"fields": ("depends_on_display", "dependents_display")}),
     )
 
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return JobChangeList
+
+    def get_paginator(
+        self,
+        request: HttpRequest,
+        queryset: Any,
+        per_page: int,
+        orphans: int = 0,
+        allow_empty_first_page: bool = True,
+    ) -> CappedCountPaginator:
+        try:
+            page = max(1, int(request.GET.get("p", 1)))
+        except ValueError:
+            page = 1
+        return CappedCountPaginator(
+            queryset, per_page, orphans, allow_empty_first_page, limit=page * per_page + COUNT_CAP
+        )
+
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         return [str(field) for _, options in self.fieldsets for field in options["fields"]]
 
@@ -220,6 +265,12 @@ class JobRecordAdmin(ModelAdmin):
     def has_pause_permission(self, request: HttpRequest) -> bool:
         return self._has(request, "pause_queue")
 
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # A running job is stopped first; deleting its row under it would lose its outcome.
+        if obj is not None and obj.status == JobStatus.STARTED:
+            return False
+        return super().has_delete_permission(request, obj)
+
     def delete_model(self, request: HttpRequest, obj: JobRecord) -> None:
         # The job page's Delete button: the same as the action (its RQ job goes too).
         manager.delete(JobRecord.objects.filter(pk=obj.pk))
@@ -237,13 +288,20 @@ class JobRecordAdmin(ModelAdmin):
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[JobRecord], search_term: str
     ) -> tuple[QuerySet[JobRecord], bool]:
+        from .decorators import registry
+
         term = search_term.strip()
         if not term:
             return queryset, False
-        if "." in term or not term.replace("-", "").replace("_", "").isalnum():
-            return queryset.filter(func_name__icontains=term), False
-        by_id = queryset.filter(pk__startswith=term)
-        return by_id | queryset.filter(func_name__icontains=term), False
+        # Each branch is one indexed lookup: an OR of them, or a '%term%' scan, is not.
+        if term.replace("-", "").replace("_", "").isalnum():
+            by_id = queryset.filter(pk__startswith=term)
+            if by_id.exists():
+                return by_id, False
+        names = [name for name in registry if term.lower() in name.lower()]
+        if names:
+            return queryset.filter(func_name__in=names), False
+        return queryset.filter(func_name__icontains=term), False
 
     # -- columns -----------------------------------------------------------------
 
@@ -342,15 +400,23 @@ class JobRecordAdmin(ModelAdmin):
         if request.method == "POST":
             if not self.has_pause_permission(request):
                 raise PermissionDenied
-            message = dashboard.toggle_pause(request.POST.get("queue", ""), request.POST.get("do", ""))
-            self.message_user(request, message, messages.SUCCESS)
+            try:
+                message = dashboard.toggle_pause(request.POST.get("queue", ""), request.POST.get("do", ""))
+            except ValueError as exc:  # an unknown queue or action
+                self.message_user(request, str(exc), messages.ERROR)
+            else:
+                self.message_user(request, message, messages.SUCCESS)
             return HttpResponseRedirect(reverse("admin:django_jobs_dashboard"))
+        try:
+            refresh = min(3600, max(0, int(request.GET.get("refresh", "5"))))
+        except ValueError:
+            refresh = 5
         context = {
             **self.admin_site.each_context(request),
             "title": _("Jobs dashboard"),
             "opts": self.opts,
             "can_pause": self.has_pause_permission(request),
-            "refresh": request.GET.get("refresh", "5"),
+            "refresh": refresh,
             **dashboard.snapshot(),
         }
         return TemplateResponse(request, "admin/django_jobs/dashboard.html", context)
@@ -364,6 +430,11 @@ class DashboardAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         job_admin = self.admin_site.get_model_admin(JobRecord)
         assert isinstance(job_admin, JobRecordAdmin)
         return job_admin
+
+    def get_urls(self) -> list[URLPattern]:
+        # Only the index entry: no change or history pages that would show job data.
+        view = self.admin_site.admin_view(self.changelist_view)
+        return [path("", view, name="django_jobs_dashboard_changelist")]
 
     def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return self._job_admin().has_view_permission(request)

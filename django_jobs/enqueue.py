@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import re
 import uuid
+import weakref
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from functools import partial
@@ -77,12 +78,29 @@ def check_timeout(label: str, timeout: Any) -> None:
 
 
 #: Ids canceled in this process before their on-commit push ran.
-_canceled_before_push: set[str] = set()
+class _PendingPush:
+    """A push waiting for its transaction to commit; dropped with it on rollback."""
+
+    __slots__ = ("__weakref__", "canceled")
+
+    def __init__(self) -> None:
+        self.canceled = False
+
+
+# Weak: an entry lives as long as Django keeps the on-commit callback.
+_pending: weakref.WeakValueDictionary[str, _PendingPush] = weakref.WeakValueDictionary()
 
 
 def forget_push(job_id: str) -> None:
-    """Make a pending on-commit push of this job a no-op (it was canceled first)."""
-    _canceled_before_push.add(job_id)
+    """Make this job's push, if it is still waiting for a commit, a no-op (it was canceled first)."""
+    pending = _pending.get(job_id)
+    if pending is not None:
+        pending.canceled = True
+
+
+def _push_unless_canceled(pending: _PendingPush, *args: Any) -> None:
+    if not pending.canceled:
+        push(*args)
 
 
 def _dependency_ids(depends_on: Any) -> list[str]:
@@ -205,8 +223,19 @@ def enqueue(
         records.add_dependencies(job_id, dependencies, using)
     if run_at is not None:
         return JobHandle(job_id)  # the database holds it until the scheduler finds it due
+    pending = _pending[job_id] = _PendingPush()
     transaction.on_commit(
-        partial(push, job_id, function.name, queue_name, list(args), dict(kwargs), options, using),
+        partial(
+            _push_unless_canceled,
+            pending,
+            job_id,
+            function.name,
+            queue_name,
+            list(args),
+            dict(kwargs),
+            options,
+            using,
+        ),
         using=using,
     )
     return JobHandle(job_id)
@@ -244,9 +273,6 @@ def push(
     from rq import Retry
     from rq.job import JobStatus as RQJobStatus
 
-    if job_id in _canceled_before_push:
-        _canceled_before_push.discard(job_id)
-        return False
     retry = None
     if options.get("retry_max"):
         retry = Retry(max=options["retry_max"], interval=options.get("retry_intervals", 0))

@@ -46,6 +46,8 @@ class JobRecord(models.Model):
     RQ's short-lived data in Redis.
     """
 
+    # On PostgreSQL Django also gives this key a varchar_pattern_ops index, which
+    # serves the admin's search by id prefix (LIKE 'abc%').
     id = models.CharField(_("job id"), max_length=128, primary_key=True, editable=False)
     func_name = models.CharField(_("function"), max_length=255)
     queue = models.CharField(_("queue"), max_length=100)
@@ -93,8 +95,6 @@ class JobRecord(models.Model):
             ("pause_queue", "Can pause and resume queues"),
         ]
         indexes = [
-            # Prefix search on the id (LIKE 'abc%') on PostgreSQL; elsewhere a plain index.
-            models.Index(fields=["id"], name="django_jobs_id_prefix_idx", opclasses=["varchar_pattern_ops"]),
             models.Index(fields=["-enqueued_at"], name="django_jobs_enqueued_idx"),
             models.Index(fields=["status", "-enqueued_at"], name="django_jobs_status_idx"),
             models.Index(fields=["queue", "-enqueued_at"], name="django_jobs_queue_idx"),
