@@ -13,9 +13,11 @@ __all__ = [
     "JobStatus",
     "JobWaitTimeout",
     "UnknownQueueError",
+    "get_current_job",
     "get_job",
     "get_queue",
     "job",
+    "set_progress",
 ]
 
 if TYPE_CHECKING:
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
     from .exceptions import JobFailed, JobWaitTimeout
     from .handles import JobHandle, get_job
     from .models import JobStatus
+    from .progress import get_current_job, set_progress
     from .queues import UnknownQueueError, get_queue
 
 _LAZY = {
@@ -35,6 +38,8 @@ _LAZY = {
     "JobStatus": "models",
     "UnknownQueueError": "queues",
     "get_queue": "queues",
+    "get_current_job": "progress",
+    "set_progress": "progress",
 }
 
 

@@ -12,6 +12,13 @@ from .conf import conf
 _state: dict[str, tuple[dict[str, Any], float]] = {}
 
 
+def get_current_job() -> Any:
+    """The RQ job running in this process (its ``.id``, ``.meta``…), or None outside a job."""
+    from rq import get_current_job as rq_current_job
+
+    return rq_current_job()
+
+
 def get_current_job_id() -> str | None:
     """The id of the job running in this process, or None outside a job."""
     from rq import get_current_job

@@ -26,3 +26,10 @@ def test_bad_redis_server_bin_is_a_clear_error(monkeypatch: Any, tmp_path: Any) 
     monkeypatch.setenv("REDIS_SERVER_BIN", str(tmp_path / "missing-redis-server"))
     with pytest.raises(RedisServerError, match=r"REDIS_SERVER_BIN=.* is not an executable file"):
         find_redis_server()
+
+
+def test_progress_helpers_are_exported_and_inert_outside_a_job() -> None:
+    from django_jobs import get_current_job, set_progress
+
+    assert get_current_job() is None
+    assert set_progress(1, 10) is False

@@ -77,7 +77,7 @@ def charge(order_id: int, card_number: str, *, cvv: str = "") -> str:
 @job
 def crunch(steps: int) -> int:
     """Report progress on every step (the helper throttles the writes)."""
-    from django_jobs.progress import set_progress
+    from django_jobs import set_progress
 
     writes = 0
     for step in range(1, steps + 1):
