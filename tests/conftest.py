@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,17 @@ def redis(redis_url: str) -> Iterator[Any]:
     connection_.flushdb()
     yield connection_
     connection_.flushdb()
+
+
+def wait_for(predicate: Any, timeout: float = 60.0) -> Any:
+    """Poll until ``predicate()`` is truthy (a generous bound, not a speed assertion)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"condition not met within {timeout} s")
 
 
 def run_manage(

@@ -25,20 +25,10 @@ from django_jobs import get_queue
 from django_jobs.models import JobRecord, MissedRunPolicy, PeriodicJob
 from django_jobs.scheduler import LEADER_KEY, promote_due, run_periodic, sync_schedules
 from django_jobs.schedules import next_cron_run, next_run, validate_schedule
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_for
 from tests.testapp.jobs import add, nightly_cleanup
 
 db = pytest.mark.django_db(transaction=True)
-
-
-def wait_for(predicate: Any, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"condition not met within {timeout} s")
 
 
 def start(command: str, *args: str, schedule: dict[str, Any] | None = None) -> subprocess.Popen[str]:

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from typing import Any
 
 import pytest
@@ -17,21 +16,10 @@ from django_jobs.enqueue import push
 from django_jobs.models import JobRecord
 from django_jobs.records import create
 from django_jobs.testing import run_burst
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_for
 from tests.testapp.jobs import add, count_rows, echo, explode, flaky, pid, returns_object, sleep_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def wait_for(predicate: Any, timeout: float = 60.0) -> Any:
-    """Poll until ``predicate()`` is truthy (a generous bound, not a speed assertion)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"condition not met within {timeout} s")
 
 
 def start_worker(*args: str) -> subprocess.Popen[str]:
