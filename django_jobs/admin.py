@@ -164,24 +164,14 @@ def confirmed_action(
     return decorate
 
 
-@confirmed_action("requeue_jobs", _("Requeue failed, stopped or canceled jobs"), "requeue")
-def requeue_jobs(queryset: QuerySet[JobRecord]) -> manager.Outcome:
-    return manager.requeue(queryset)
-
-
-@confirmed_action("cancel_jobs", _("Cancel queued, scheduled or deferred jobs"), "cancel")
-def cancel_jobs(queryset: QuerySet[JobRecord]) -> manager.Outcome:
-    return manager.cancel(queryset)
-
-
-@confirmed_action("stop_jobs", _("Stop running jobs"), "stop")
-def stop_jobs(queryset: QuerySet[JobRecord]) -> manager.Outcome:
-    return manager.stop(queryset)
-
-
-@confirmed_action("delete_jobs", _("Delete job records"), "delete")
-def delete_jobs(queryset: QuerySet[JobRecord]) -> manager.Outcome:
-    return manager.delete(queryset)
+requeue_jobs = confirmed_action("requeue_jobs", _("Requeue failed, stopped or canceled jobs"), "requeue")(
+    manager.requeue
+)
+cancel_jobs = confirmed_action("cancel_jobs", _("Cancel queued, scheduled or deferred jobs"), "cancel")(
+    manager.cancel
+)
+stop_jobs = confirmed_action("stop_jobs", _("Stop running jobs"), "stop")(manager.stop)
+delete_jobs = confirmed_action("delete_jobs", _("Delete job records"), "delete")(manager.delete)
 
 
 @admin.register(JobRecord)
