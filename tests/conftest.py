@@ -63,6 +63,18 @@ def wait_for(predicate: Any, timeout: float = 60.0) -> Any:
     raise AssertionError(f"condition not met within {timeout} s")
 
 
+def terminate(process: subprocess.Popen[Any], timeout: float = 30) -> None:
+    """SIGTERM a child process (a warm stop); kill it if it has not ended after ``timeout`` s."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def run_manage(
     *args: str, timeout: float = 120, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:

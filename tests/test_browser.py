@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from tests.conftest import terminate
 from tests.test_example_project import example_env, free_port, wait_for
 
 if TYPE_CHECKING:
@@ -115,13 +116,7 @@ class Example:
         return result.stdout + result.stderr
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()  # the demo stops its web server on SIGTERM
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process)  # the demo stops its web server on SIGTERM
 
 
 @pytest.fixture

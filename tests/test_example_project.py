@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from django_jobs.testing import RedisServerError, find_redis_server
+from tests.conftest import terminate
 
 ROOT = Path(__file__).resolve().parent.parent
 MANAGE_PY = ROOT / "manage.py"
@@ -211,14 +212,7 @@ class Demo:
             pytest.fail(f"The demo did not exit within {timeout:g} s.\n{self.log()}")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            # SIGTERM lets it stop its worker, server and Redis too.
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process)  # SIGTERM lets it stop its worker, server and Redis too
 
 
 @pytest.fixture
