@@ -10,6 +10,7 @@ django_jobs.E004       ``DJANGO_JOBS`` is not a dict, or an option has a bad val
 django_jobs.E005       ``DJANGO_JOBS["DEFAULT_QUEUE"]`` is not in ``RQ_QUEUES``
 django_jobs.E006       a queue's connection settings are incomplete (e.g. ``HOST`` without ``PORT``)
 django_jobs.E007       a queue sets its own ``SERIALIZER`` (django_jobs uses one for all queues)
+django_jobs.E008       ``DJANGO_JOBS["RETENTION"]`` is malformed (its shape, a status or a duration)
 django_jobs.W001       ``django_rq`` is listed before ``django_jobs`` in ``INSTALLED_APPS``
 django_jobs.W002       a pickle serializer is configured
 =====================  =========================================================
@@ -127,7 +128,13 @@ def check_options(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
                 id="django_jobs.E004",
             )
         )
-    for key in ("WAIT_POLL_INTERVAL", "PROGRESS_INTERVAL", "PAUSE_CHECK_INTERVAL"):
+    for key in (
+        "WAIT_POLL_INTERVAL",
+        "PROGRESS_INTERVAL",
+        "PAUSE_CHECK_INTERVAL",
+        "RECONCILE_INTERVAL",
+        "ORPHAN_GRACE",
+    ):
         seconds = options.get(key, DEFAULTS[key])
         if not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds <= 0:
             messages.append(
@@ -137,6 +144,15 @@ def check_options(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
                     id="django_jobs.E004",
                 )
             )
+    limit = options.get("MAX_PAYLOAD_BYTES", DEFAULTS["MAX_PAYLOAD_BYTES"])
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0):
+        messages.append(
+            Error(
+                f"DJANGO_JOBS['MAX_PAYLOAD_BYTES'] must be a positive int or None, not {limit!r}.",
+                hint="For example 1048576 (1 MiB, the default), or None for no limit.",
+                id="django_jobs.E004",
+            )
+        )
     redact = options.get("REDACT", ())
     if isinstance(redact, str) or not all(isinstance(name, str) for name in redact or ()):
         messages.append(
@@ -165,6 +181,24 @@ def check_options(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
             )
         )
     return messages
+
+
+@register(Tags.compatibility)
+def check_retention(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    options = conf.raw_options
+    if not isinstance(options, dict) or "RETENTION" not in options:
+        return []
+    from .retention import problems
+
+    return [
+        Error(
+            problem,
+            hint='Map final statuses to how long their rows are kept, for example {"finished": '
+            'timedelta(days=7), "failed": timedelta(days=30), "canceled": None} (None keeps them forever).',
+            id="django_jobs.E008",
+        )
+        for problem in problems(options["RETENTION"])
+    ]
 
 
 @register(Tags.compatibility)

@@ -18,6 +18,7 @@ Two settings are read:
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
@@ -48,11 +49,34 @@ DEFAULTS: dict[str, Any] = {
     "PROGRESS_INTERVAL": 0.5,
     # Seconds a worker may take to notice that a queue was paused or resumed.
     "PAUSE_CHECK_INTERVAL": 2.0,
+    # How long the rows of jobs that ended are kept, per final status, counted
+    # from the job's end: seconds or a timedelta; None keeps them forever.
+    # Statuses left out keep these defaults; RETENTION = None keeps every row.
+    # Older rows are deleted by the scheduler loop and by `manage.py rqprune`,
+    # in batches of at most 10,000 rows (see django_jobs/retention.py).
+    "RETENTION": {
+        "finished": timedelta(days=7),
+        "failed": timedelta(days=30),
+        "canceled": timedelta(days=7),
+        "stopped": timedelta(days=7),
+    },
     # Periodic jobs declared in settings, synced to PeriodicJob rows when the
     # scheduler starts: {"name": {"func": "app.jobs.f", "cron": "0 3 * * *"
     # or "interval": 60, "args": [], "kwargs": {}, "queue": "", "timezone": "",
     # "missed_runs": "skip" | "run_once"}}.
     "SCHEDULE": {},
+    # Seconds between two full reconciliations by the scheduler loop: every
+    # queued or deferred row whose job Redis no longer has is pushed again.
+    # (A Redis that lost its data is noticed at once, on every tick.)
+    "RECONCILE_INTERVAL": 300,
+    # The most bytes a job's arguments may take as JSON; a bigger .delay()
+    # raises ValueError at once (None: no limit). Arguments live in Redis and
+    # in the database while the job waits, so large data belongs elsewhere.
+    "MAX_PAYLOAD_BYTES": 1024 * 1024,
+    # Seconds a worker's heartbeat key must stay missing before its started
+    # jobs count as orphaned (retried if attempts are left, else failed). A
+    # dead worker's key expires about 70 s after its last heartbeat.
+    "ORPHAN_GRACE": 20,
 }
 
 #: Queue keys that say where Redis is; a queue needs at least one. In
@@ -128,9 +152,32 @@ class JobsSettings:
         return float(self._get("PAUSE_CHECK_INTERVAL"))
 
     @property
+    def retention(self) -> dict[str, timedelta | None]:
+        """How long rows of each final status are kept (None: forever), defaults filled in.
+
+        Raises ``ImproperlyConfigured`` for a malformed value (check ``django_jobs.E008``).
+        """
+        from .retention import parse_setting
+
+        return parse_setting(self._get("RETENTION"))
+
+    @property
     def schedule(self) -> dict[str, dict[str, Any]]:
         value = self._get("SCHEDULE")
         return value if isinstance(value, dict) else {}
+
+    @property
+    def reconcile_interval(self) -> float:
+        return float(self._get("RECONCILE_INTERVAL"))
+
+    @property
+    def max_payload_bytes(self) -> int | None:
+        value = self._get("MAX_PAYLOAD_BYTES")
+        return None if value is None else int(value)
+
+    @property
+    def orphan_grace(self) -> float:
+        return float(self._get("ORPHAN_GRACE"))
 
     @property
     def installed_apps(self) -> list[str]:

@@ -8,6 +8,9 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
+from . import limits, uniqueness
+from .retries import retry_policy
+
 if TYPE_CHECKING:
     from rq import Retry
 
@@ -37,12 +40,21 @@ class JobFunction(Generic[P, R]):
         ttl: int | None = None,
         failure_ttl: int | None = None,
         retry: int | Retry | None = None,
+        retry_backoff: bool | float = False,
+        retry_backoff_max: float = 600,
+        retry_jitter: bool = True,
+        retry_on: type[BaseException] | Iterable[type[BaseException]] = (),
         description: str | None = None,
         redact: Iterable[str] = (),
         cron: str | None = None,
         interval: int | None = None,
         schedule_timezone: str | None = None,
         missed_runs: str = "skip",
+        unique: bool = False,
+        unique_key: Callable[..., str] | None = None,
+        unique_for: float | None = None,
+        rate_limit: str | None = None,
+        concurrency: int | None = None,
     ) -> None:
         qualname = getattr(func, "__qualname__", "")
         if not callable(func) or "<locals>" in qualname or "<lambda>" in qualname:
@@ -50,8 +62,6 @@ class JobFunction(Generic[P, R]):
                 f"@job needs a function defined at module level, so that a worker can import it; "
                 f"got {func!r}. Move it to the top level of a module (for example yourapp/jobs.py)."
             )
-        if isinstance(retry, bool) or (isinstance(retry, int) and retry < 0):
-            raise TypeError(f"@job(retry=…) takes a number of retries >= 0 or an rq.Retry, not {retry!r}.")
         functools.update_wrapper(self, func)
         self.func = func
         self.name = f"{func.__module__}.{qualname}"
@@ -61,6 +71,10 @@ class JobFunction(Generic[P, R]):
         self.ttl = ttl
         self.failure_ttl = failure_ttl
         self.retry = retry
+        # Validated now, kept on each row: the worker decides retries from the row alone.
+        self.retry_policy = retry_policy(
+            f"{self.name}()", retry, retry_backoff, retry_backoff_max, retry_jitter, retry_on
+        )
         self.description = description
         if isinstance(redact, str):
             redact = [redact]
@@ -80,6 +94,14 @@ class JobFunction(Generic[P, R]):
         self.interval = interval
         self.schedule_timezone = schedule_timezone
         self.missed_runs = missed_runs
+        # Validated now: a bad value fails at import, not at the first .delay() or in a worker.
+        uniqueness.check_options(f"{self.name}()", unique, unique_key, unique_for)
+        self.unique = unique or unique_key is not None
+        self.unique_key = unique_key
+        self.unique_for = unique_for
+        self.limit_options = limits.check_options(f"{self.name}()", rate_limit, concurrency)
+        self.rate_limit = rate_limit
+        self.concurrency = concurrency
         self.signature = inspect.signature(func)
         registry[self.name] = self
 
@@ -99,6 +121,21 @@ class JobFunction(Generic[P, R]):
         from .enqueue import enqueue
 
         return enqueue(self, args, kwargs)
+
+    def map(
+        self, items: Iterable[tuple[Any, ...] | dict[str, Any]], *, queue: str | None = None
+    ) -> list[JobHandle[R]]:
+        """Enqueue one job per item, in bulk; return their handles, in order.
+
+        An item is a tuple of positional arguments, ``(1, 2)``, or a dict of
+        keyword arguments, ``{"a": 1, "b": 2}``. Every item is checked as
+        ``.delay()`` checks its call before anything is written (a bad one
+        raises, naming its index); the rows are inserted in bulk and the jobs
+        pushed to Redis in one pipeline when the transaction commits.
+        """
+        from .enqueue import enqueue_many
+
+        return enqueue_many(self, items, queue=queue)
 
     def apply_async(
         self,
@@ -162,12 +199,21 @@ def job(
     ttl: int | None = None,
     failure_ttl: int | None = None,
     retry: int | Retry | None = None,
+    retry_backoff: bool | float = False,
+    retry_backoff_max: float = 600,
+    retry_jitter: bool = True,
+    retry_on: type[BaseException] | Iterable[type[BaseException]] = (),
     description: str | None = None,
     redact: Iterable[str] = (),
     cron: str | None = None,
     interval: int | None = None,
     schedule_timezone: str | None = None,
     missed_runs: str = "skip",
+    unique: bool = False,
+    unique_key: Callable[..., str] | None = None,
+    unique_for: float | None = None,
+    rate_limit: str | None = None,
+    concurrency: int | None = None,
 ) -> Callable[[Callable[P, R]], JobFunction[P, R]]: ...
 
 
@@ -181,12 +227,21 @@ def job(
     ttl: int | None = None,
     failure_ttl: int | None = None,
     retry: int | Retry | None = None,
+    retry_backoff: bool | float = False,
+    retry_backoff_max: float = 600,
+    retry_jitter: bool = True,
+    retry_on: type[BaseException] | Iterable[type[BaseException]] = (),
     description: str | None = None,
     redact: Iterable[str] = (),
     cron: str | None = None,
     interval: int | None = None,
     schedule_timezone: str | None = None,
     missed_runs: str = "skip",
+    unique: bool = False,
+    unique_key: Callable[..., str] | None = None,
+    unique_for: float | None = None,
+    rate_limit: str | None = None,
+    concurrency: int | None = None,
 ) -> JobFunction[P, R] | Callable[[Callable[P, R]], JobFunction[P, R]]:
     """Make a function a background job.
 
@@ -195,13 +250,26 @@ def job(
     ``timeout`` is the most a run may take (seconds or "5m"), ``result_ttl``
     how long RQ keeps the result in Redis (the row keeps it for good),
     ``ttl`` how long the job may wait in its queue, ``retry`` how many times
-    a failed run is retried (or an ``rq.Retry`` with intervals), ``redact``
+    a failed run is retried (or an ``rq.Retry`` with intervals), with
+    ``retry_backoff=True`` (or a base in seconds) for exponential waits capped
+    at ``retry_backoff_max`` and spread by ``retry_jitter``, and ``retry_on``
+    the exception classes worth a retry (any, by default); ``redact``
     the argument names shown as "••••" in the admin and in logs.
 
     ``cron="0 3 * * *"`` or ``interval=seconds`` also make it a periodic job
     (in ``schedule_timezone``, ``settings.TIME_ZONE`` by default), synced to a
     :class:`~django_jobs.models.PeriodicJob` row when ``rqscheduler`` starts;
     ``missed_runs`` is "skip" (the default) or "run_once".
+
+    ``unique=True`` makes a ``.delay()`` of the same call (same bound
+    arguments) return the handle of the job already waiting or running,
+    instead of enqueueing another; ``unique_key=callable`` (called with the
+    job's arguments, returning a str) says which calls count as the same;
+    ``unique_for=seconds`` stops a holder that started (or was enqueued)
+    longer ago from blocking new ones. ``rate_limit="10/m"`` ("N/s", "N/m",
+    "N/h", "N/d") and ``concurrency=N`` cap how many runs start per period
+    and run at once, across all workers; jobs over a limit wait (the
+    scheduler queues them again), they are never dropped. See docs/jobs.md.
     """
     if callable(func_or_queue):
         return JobFunction(func_or_queue)
@@ -219,12 +287,21 @@ def job(
             ttl=ttl,
             failure_ttl=failure_ttl,
             retry=retry,
+            retry_backoff=retry_backoff,
+            retry_backoff_max=retry_backoff_max,
+            retry_jitter=retry_jitter,
+            retry_on=retry_on,
             description=description,
             redact=redact,
             cron=cron,
             interval=interval,
             schedule_timezone=schedule_timezone,
             missed_runs=missed_runs,
+            unique=unique,
+            unique_key=unique_key,
+            unique_for=unique_for,
+            rate_limit=rate_limit,
+            concurrency=concurrency,
         )
 
     return decorate

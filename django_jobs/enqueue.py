@@ -14,7 +14,7 @@ import logging
 import re
 import uuid
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -23,9 +23,9 @@ from django.db import transaction
 from django.utils import timezone
 from redis.exceptions import RedisError
 
-from . import records
+from . import limits, records, uniqueness
 from .models import JobStatus
-from .payload import check_arguments, to_jsonable
+from .payload import check_arguments, check_payload_size, to_jsonable
 from .queues import default_result_ttl, get_queue, queue_config, uses_json
 
 if TYPE_CHECKING:
@@ -117,13 +117,54 @@ def _dependency_ids(depends_on: Any) -> list[str]:
     return ids
 
 
-def _retry_options(retry: Any) -> dict[str, Any]:
-    if retry is None or retry == 0:
-        return {}
-    if isinstance(retry, int):
-        return {"retry_max": retry}
-    intervals = list(getattr(retry, "intervals", None) or [0])
-    return {"retry_max": int(retry.max), "retry_intervals": intervals}
+def _checked_arguments(
+    function: JobFunction[Any, Any], label: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[list[Any], dict[str, Any]]:
+    """Check a call against the signature and the JSON rules; return the args and kwargs for the row."""
+    try:
+        bound = function.signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise TypeError(
+            f"{label}: the arguments do not fit its signature {function.signature}: {exc}."
+        ) from None
+    if uses_json():
+        check_arguments(label, bound.arguments)
+        stored: tuple[list[Any], dict[str, Any]] = (list(args), dict(kwargs))
+    else:
+        stored = (to_jsonable(list(args)), to_jsonable(dict(kwargs)))
+    check_payload_size(label, stored)
+    return stored
+
+
+def _job_options(
+    function: JobFunction[Any, Any],
+    stored_args: list[Any],
+    stored_kwargs: dict[str, Any],
+    timeout: int | str | None,
+) -> dict[str, Any]:
+    """The options kept on the row: what RQ needs to run the job, and its retry policy."""
+    from .conf import conf
+
+    description = function.description
+    if description is None and (function.redact or conf.redact):
+        from .redaction import call_string
+
+        # RQ logs the description; by default it is the call with its arguments.
+        description = call_string(function.name, stored_args, stored_kwargs)
+
+    options: dict[str, Any] = {}
+    for key, value in (
+        ("timeout", timeout),
+        ("result_ttl", function.result_ttl),
+        ("ttl", function.ttl),
+        ("failure_ttl", function.failure_ttl),
+        ("description", description),
+    ):
+        if value is not None:
+            options[key] = value
+    options.update(function.retry_policy)
+    options.update(function.limit_options)
+    return options
 
 
 def enqueue(
@@ -154,17 +195,8 @@ def enqueue(
     queue_name = queue or function.queue_name or conf.default_queue
     queue_config(queue_name)  # raises UnknownQueueError listing the configured queues
 
-    try:
-        bound = function.signature.bind(*args, **kwargs)
-    except TypeError as exc:
-        raise TypeError(
-            f"{label}: the arguments do not fit its signature {function.signature}: {exc}."
-        ) from None
-    if uses_json():
-        check_arguments(label, bound.arguments)
-        stored_args, stored_kwargs = list(args), dict(kwargs)
-    else:
-        stored_args, stored_kwargs = to_jsonable(list(args)), to_jsonable(dict(kwargs))
+    stored_args, stored_kwargs = _checked_arguments(function, label, args, kwargs)
+    unique_key = uniqueness.key_for(function, args, kwargs)
 
     if job_id is None:
         job_id = new_job_id()
@@ -177,24 +209,7 @@ def enqueue(
     if effective_timeout is not None:
         check_timeout(label, effective_timeout)
 
-    description = function.description
-    if description is None and (function.redact or conf.redact):
-        from .redaction import call_string
-
-        # RQ logs the description; by default it is the call with its arguments.
-        description = call_string(function.name, stored_args, stored_kwargs)
-
-    options: dict[str, Any] = {}
-    for key, value in (
-        ("timeout", effective_timeout),
-        ("result_ttl", function.result_ttl),
-        ("ttl", function.ttl),
-        ("failure_ttl", function.failure_ttl),
-        ("description", description),
-    ):
-        if value is not None:
-            options[key] = value
-    options.update(_retry_options(function.retry))
+    options = _job_options(function, stored_args, stored_kwargs, effective_timeout)
     dependencies = _dependency_ids(depends_on)
     if dependencies:
         options["depends_on"] = dependencies
@@ -207,7 +222,8 @@ def enqueue(
     else:
         status = JobStatus.DEFERRED if dependencies else JobStatus.QUEUED
     using = records.db_alias()
-    records.create(
+    create = partial(
+        records.create,
         job_id=job_id,
         func_name=function.name,
         queue=queue_name,
@@ -218,7 +234,14 @@ def enqueue(
         using=using,
         scheduled_for=run_at or due_at,
         periodic_job_id=periodic_job_id,
+        unique_key=unique_key,
     )
+    if unique_key is None:
+        create()
+    else:
+        holder = uniqueness.create_or_find(create, unique_key, function.unique_for, using)
+        if holder is not None:
+            return JobHandle(holder)  # the same call is already waiting or running
     if dependencies:
         records.add_dependencies(job_id, dependencies, using)
     if run_at is not None:
@@ -241,6 +264,77 @@ def enqueue(
     return JobHandle(job_id)
 
 
+def _split_item(label: str, item: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    if isinstance(item, tuple):
+        return item, {}
+    if isinstance(item, Mapping):
+        return (), dict(item)
+    raise TypeError(
+        f"{label} is a {type(item).__name__}: give each item as a tuple of positional arguments, "
+        "such as (1, 2) or (user.pk,), or as a dict of keyword arguments, such as {'user_id': user.pk}."
+    )
+
+
+def enqueue_many(
+    function: JobFunction[Any, Any],
+    items: Iterable[tuple[Any, ...] | Mapping[str, Any]],
+    *,
+    queue: str | None = None,
+) -> list[JobHandle[Any]]:
+    """Enqueue one call of ``function`` per item; return their handles, in order.
+
+    Each item is a tuple of positional arguments or a dict of keyword
+    arguments. Every item is checked as ``.delay()`` checks its call before
+    anything is written; a bad one raises, naming its index. The rows are
+    inserted with one bulk insert (in batches on a large list), and the jobs
+    are pushed to Redis in one pipeline when the transaction commits.
+    """
+    from .conf import conf
+    from .handles import JobHandle
+
+    queue_name = queue or function.queue_name or conf.default_queue
+    queue_config(queue_name)  # raises UnknownQueueError listing the configured queues
+    if function.timeout is not None:
+        check_timeout(f"{function.name}()", function.timeout)
+
+    calls: list[tuple[str, tuple[Any, ...], dict[str, Any], list[Any], dict[str, Any], dict[str, Any]]] = []
+    for index, item in enumerate(items):
+        label = f"{function.name}() item {index}"
+        args, kwargs = _split_item(label, item)
+        stored_args, stored_kwargs = _checked_arguments(function, label, args, kwargs)
+        options = _job_options(function, stored_args, stored_kwargs, function.timeout)
+        calls.append((new_job_id(), args, kwargs, stored_args, stored_kwargs, options))
+    if not calls:
+        return []
+    if function.unique:
+        # Each call must find or take its key: one by one, all or none.
+        with transaction.atomic(using=records.db_alias()):
+            return [enqueue(function, call[1], call[2], queue=queue_name) for call in calls]
+
+    using = records.db_alias()
+    records.create_many(
+        [
+            {
+                "id": job_id,
+                "func_name": function.name,
+                "queue": queue_name,
+                "status": JobStatus.QUEUED,
+                "args": stored_args,
+                "kwargs": stored_kwargs,
+                "options": options,
+            }
+            for job_id, _args, _kwargs, stored_args, stored_kwargs, options in calls
+        ],
+        using,
+    )
+    pushes = []
+    for job_id, args, kwargs, _stored_args, _stored_kwargs, options in calls:
+        pending = _pending[job_id] = _PendingPush()
+        pushes.append((pending, job_id, list(args), dict(kwargs), options))
+    transaction.on_commit(partial(push_many, function.name, queue_name, pushes, using), using=using)
+    return [JobHandle(call[0]) for call in calls]
+
+
 def run_inline(rq_queue: Any, rq_job: Any) -> None:
     """Run a job now, in this process, for a queue with ``"ASYNC": False`` (django-rq's test mode).
 
@@ -254,6 +348,29 @@ def run_inline(rq_queue: Any, rq_job: Any) -> None:
     rq_job.save()
     worker = SimpleWorker([rq_queue], connection=rq_queue.connection, serializer=rq_queue.serializer)
     run_job_in_process(worker, rq_job, rq_queue)
+
+
+def _create_rq_job(
+    rq_queue: Any,
+    job_id: str,
+    func_name: str,
+    args: list[Any],
+    kwargs: dict[str, Any],
+    options: dict[str, Any],
+) -> Any:
+    return rq_queue.create_job(
+        func_name,
+        args=args,
+        kwargs=kwargs,
+        job_id=job_id,
+        timeout=options.get("timeout"),
+        result_ttl=options.get("result_ttl", default_result_ttl(rq_queue.name)),
+        ttl=options.get("ttl"),
+        failure_ttl=options.get("failure_ttl"),
+        description=options.get("description"),
+        depends_on=options.get("depends_on"),
+        meta=limits.rq_meta(func_name, options),
+    )
 
 
 def push(
@@ -270,27 +387,11 @@ def push(
     Also the way back for a row that must be pushed again (``needs_push``, or
     Redis lost its data): everything it needs is stored on the row.
     """
-    from rq import Retry
     from rq.job import JobStatus as RQJobStatus
 
-    retry = None
-    if options.get("retry_max"):
-        retry = Retry(max=options["retry_max"], interval=options.get("retry_intervals", 0))
     try:
         rq_queue = get_queue(queue_name)
-        rq_job = rq_queue.create_job(
-            func_name,
-            args=args,
-            kwargs=kwargs,
-            job_id=job_id,
-            timeout=options.get("timeout"),
-            result_ttl=options.get("result_ttl", default_result_ttl(queue_name)),
-            ttl=options.get("ttl"),
-            failure_ttl=options.get("failure_ttl"),
-            description=options.get("description"),
-            depends_on=options.get("depends_on"),
-            retry=retry,
-        )
+        rq_job = _create_rq_job(rq_queue, job_id, func_name, args, kwargs, options)
         if queue_config(queue_name).get("ASYNC", True) is False:
             run_inline(rq_queue, rq_job)
             return True
@@ -326,3 +427,70 @@ def push(
         # Its dependencies had already finished: RQ queued it straight away.
         records.mark_status(job_id, JobStatus.QUEUED)
     return True
+
+
+def push_many(
+    func_name: str,
+    queue_name: str,
+    pushes: list[tuple[_PendingPush, str, list[Any], dict[str, Any], dict[str, Any]]],
+    using: str,
+) -> int:
+    """Put jobs whose rows exist into one RQ queue in one pipeline; return how many Redis took.
+
+    Jobs canceled before the commit are left out. If Redis fails, every row
+    of the batch is marked ``needs_push`` (the pipeline is a transaction:
+    Redis took all of them or none).
+    """
+    pushes = [entry for entry in pushes if not entry[0].canceled]
+    if not pushes:
+        return 0
+    if queue_config(queue_name).get("ASYNC", True) is False:
+        # Run inline, one by one, exactly as .delay() does.
+        return sum(
+            push(job_id, func_name, queue_name, args, kwargs, options, using)
+            for _pending_push, job_id, args, kwargs, options in pushes
+        )
+    job_ids = [entry[1] for entry in pushes]
+    try:
+        from rq import Queue
+
+        rq_queue = get_queue(queue_name)
+        result_ttl = default_result_ttl(queue_name)
+        with rq_queue.connection.pipeline() as pipeline:
+            rq_queue.enqueue_many(
+                [
+                    Queue.prepare_data(
+                        func_name,
+                        args=args,
+                        kwargs=kwargs,
+                        job_id=job_id,
+                        timeout=options.get("timeout"),
+                        result_ttl=options.get("result_ttl", result_ttl),
+                        ttl=options.get("ttl"),
+                        failure_ttl=options.get("failure_ttl"),
+                        description=options.get("description"),
+                    )
+                    for _pending_push, job_id, args, kwargs, options in pushes
+                ],
+                pipeline=pipeline,
+            )
+            pipeline.execute()
+    except (RedisError, OSError) as exc:
+        logger.warning(
+            "Could not push %d jobs (%s) to Redis queue %r: %s. The rows are kept as queued "
+            "with needs_push set, to be pushed again once Redis is back.",
+            len(job_ids),
+            func_name,
+            queue_name,
+            exc,
+        )
+        records.mark_push_failed_many(job_ids, using)
+        return 0
+    except Exception:
+        # Never lose the jobs to an unexpected error after the caller's commit.
+        logger.exception(
+            "Could not push %d jobs (%s); the rows are kept with needs_push set.", len(job_ids), func_name
+        )
+        records.mark_push_failed_many(job_ids, using)
+        return 0
+    return len(job_ids)

@@ -41,3 +41,26 @@ class JobFunctionImportError(JobError, ImportError):
             "runs older code than the web process. Deploy code that defines it (or keep an alias "
             "under the old name), then requeue the job; or delete the job."
         )
+
+
+class JobArgumentsError(JobError, TypeError):
+    """A job's stored arguments do not fit its function's signature; retrying cannot help."""
+
+    def __init__(self, func_name: str, signature: object, cause: BaseException) -> None:
+        self.func_name = func_name
+        super().__init__(
+            f"The arguments of this job do not fit {func_name}{signature}: {cause}. The function's "
+            "signature probably changed after the job was enqueued. Make the function accept the "
+            "old arguments (e.g. a parameter with a default), then requeue the job; or delete it."
+        )
+
+
+class JobExited(JobError):
+    """The job called ``sys.exit()``; a job should return or raise instead."""
+
+    def __init__(self, code: object) -> None:
+        self.code = code
+        super().__init__(
+            f"The job called sys.exit({code!r}). A job must return a result or raise an exception; "
+            "the worker caught the exit and went on with the next job."
+        )

@@ -25,6 +25,9 @@ class JobStatus(models.TextChoices):
 #: Statuses after which a job does nothing more unless someone requeues it.
 FINAL_STATUSES = frozenset({JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.STOPPED})
 
+#: Statuses of a job that is waiting or running; a unique job's key is held in these.
+ACTIVE_STATUSES = [JobStatus.SCHEDULED, JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.STARTED]
+
 
 class JobRecordQuerySet(models.QuerySet["JobRecord"]):
     def with_status(self, *statuses: str) -> JobRecordQuerySet:
@@ -80,6 +83,11 @@ class JobRecord(models.Model):
     options = models.JSONField(_("options"), default=dict, blank=True)
     # True when the push to Redis failed at enqueue; reconciliation pushes it.
     needs_push = models.BooleanField(_("not yet pushed to Redis"), default=False)
+    # Set for @job(unique=True / unique_key=…): at most one job that is not final holds a key.
+    # NULL, not "", for the jobs without one: a unique index never compares NULLs.
+    unique_key = models.CharField(  # noqa: DJ001
+        _("unique key"), max_length=255, null=True, blank=True, editable=False
+    )
 
     objects = JobRecordQuerySet.as_manager()
 
@@ -101,6 +109,18 @@ class JobRecord(models.Model):
             models.Index(fields=["func_name", "-enqueued_at"], name="django_jobs_func_idx"),
             models.Index(fields=["ended_at"], name="django_jobs_ended_idx"),
             models.Index(fields=["status", "scheduled_for"], name="django_jobs_due_idx"),
+            # The scheduler looks for rows whose push failed on every tick: few, so a partial index.
+            models.Index(
+                fields=["enqueued_at"], condition=models.Q(needs_push=True), name="django_jobs_needs_push_idx"
+            ),
+        ]
+        constraints = [
+            # Also the index that finds a key's holder: queries name the same statuses.
+            models.UniqueConstraint(
+                fields=["unique_key"],
+                condition=models.Q(status__in=ACTIVE_STATUSES),
+                name="django_jobs_unique_key_active",
+            )
         ]
 
     def __str__(self) -> str:

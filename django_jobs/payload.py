@@ -64,6 +64,23 @@ def check_arguments(label: str, arguments: dict[str, Any]) -> None:
         )
 
 
+def check_payload_size(label: str, payload: Any) -> None:
+    """Raise ``ValueError`` when the arguments exceed ``DJANGO_JOBS["MAX_PAYLOAD_BYTES"]`` as JSON."""
+    from .conf import conf
+
+    limit = conf.max_payload_bytes
+    if limit is None:
+        return
+    size = len(json.dumps(payload, separators=(",", ":"), default=str).encode())
+    if size > limit:
+        raise ValueError(
+            f"{label}: the arguments take {size:,} bytes as JSON, more than the limit of {limit:,} "
+            "(DJANGO_JOBS['MAX_PAYLOAD_BYTES']). Every queued job holds its arguments in Redis and in "
+            "the database: store large data elsewhere (a file, object storage, a model row) and pass "
+            "its key, path or primary key instead."
+        )
+
+
 def check_result(label: str, value: Any) -> None:
     """Raise ``TypeError`` when a job's return value cannot be stored as JSON."""
     found = find_non_json(value, "return value")

@@ -7,6 +7,8 @@ statements in all: the insert at enqueue, the start and the end.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from django.db import router
@@ -49,6 +51,7 @@ def create(
     using: str,
     scheduled_for: Any = None,
     periodic_job_id: int | None = None,
+    unique_key: str | None = None,
 ) -> JobRecord:
     """Insert the row of a job being enqueued."""
     return JobRecord.objects.using(using).create(
@@ -61,6 +64,59 @@ def create(
         options=options,
         scheduled_for=scheduled_for,
         periodic_job_id=periodic_job_id,
+        unique_key=unique_key,
+    )
+
+
+def unique_holder(key: str, unique_for: float | None, using: str) -> str | None:
+    """The id of the job that holds ``key`` and is not final, or None.
+
+    A holder whose last start (else its enqueue) is more than ``unique_for``
+    seconds old loses the key (it may be stuck): None is returned then.
+    """
+    from datetime import timedelta
+
+    from .models import ACTIVE_STATUSES
+
+    rows = JobRecord.objects.using(using).filter(unique_key=key, status__in=ACTIVE_STATUSES)
+    row = rows.values("pk", "enqueued_at", "started_at").first()
+    if row is None:
+        return None
+    since = row["started_at"] or row["enqueued_at"]
+    if unique_for is not None and since + timedelta(seconds=unique_for) <= timezone.now():
+        rows.filter(pk=row["pk"]).update(unique_key=None)
+        logger.info("Job %s held unique key %s longer than unique_for; it is free again.", row["pk"], key)
+        return None
+    return str(row["pk"])
+
+
+def mark_waiting_for_limit(job_id: str, until: datetime) -> bool:
+    """A dequeued job is over its rate or concurrency limit: ``scheduled`` until ``until``.
+
+    Not an attempt: ``attempts`` is left as it is. Its dependencies, if it
+    had any, are met (it was dequeued), so the next push does not wait for
+    them again. False if the row is gone or was canceled meanwhile.
+    """
+    rows = JobRecord.objects.using(db_alias()).filter(
+        pk=job_id, status__in=[JobStatus.QUEUED, JobStatus.DEFERRED]
+    )
+    options = rows.values_list("options", flat=True).first()
+    if options is None:
+        return False
+    fields: dict[str, Any] = {"status": JobStatus.SCHEDULED, "scheduled_for": until, "needs_push": False}
+    if "depends_on" in options:
+        fields["options"] = {key: value for key, value in options.items() if key != "depends_on"}
+    return bool(rows.update(**fields))
+
+
+#: Rows per INSERT when jobs are enqueued together (SQLite may need fewer: Django lowers it).
+BULK_BATCH_SIZE = 1000
+
+
+def create_many(rows: list[dict[str, Any]], using: str) -> None:
+    """Insert the rows of jobs enqueued together: one INSERT per ``BULK_BATCH_SIZE`` rows."""
+    JobRecord.objects.using(using).bulk_create(
+        [JobRecord(**fields) for fields in rows], batch_size=BULK_BATCH_SIZE
     )
 
 
@@ -92,28 +148,115 @@ def _create_from_job(job: Job, **fields: Any) -> None:
     )
 
 
-def mark_started(job: Job, worker_name: str) -> None:
-    """The job is running: set ``started``, the start time, the worker and count the attempt."""
-    from django.db.models import F
+def mark_started_by_id(job_id: str, worker_name: str, at: datetime | None = None) -> bool:
+    """Set ``started``, the start time and the worker, and count the attempt; False if no row.
 
-    now = timezone.now()
-    fields: dict[str, Any] = {
-        "status": JobStatus.STARTED,
-        "started_at": now,
-        "ended_at": None,
-        "worker_name": worker_name,
-    }
-    if not _update(job.id, attempts=F("attempts") + 1, **fields):
-        _create_from_job(job, attempts=1, **fields)
+    A start older than the row's last end is skipped: it is a late write of
+    an attempt that already ended (written back after a database outage).
+    """
+    from django.db.models import F, Q
+
+    rows = JobRecord.objects.using(db_alias()).filter(pk=job_id)
+    now = at or timezone.now()
+    fields = {"status": JobStatus.STARTED, "started_at": now, "ended_at": None, "worker_name": worker_name}
+    current = rows.filter(Q(ended_at__isnull=True) | Q(ended_at__lte=now))
+    if current.update(attempts=F("attempts") + 1, **fields):
+        return True
+    return rows.exists()
 
 
-def mark_finished(job_id: str, result: Any) -> None:
+def mark_started(job: Job, worker_name: str, at: datetime | None = None) -> None:
+    """The job is running; a job enqueued with plain RQ gets its row now."""
+    now = at or timezone.now()
+    if not mark_started_by_id(job.id, worker_name, now):
+        _create_from_job(
+            job, attempts=1, status=JobStatus.STARTED, started_at=now, ended_at=None, worker_name=worker_name
+        )
+
+
+def mark_finished(job_id: str, result: Any, at: datetime | None = None) -> None:
     """The job returned ``result``."""
-    _update(job_id, status=JobStatus.FINISHED, result=result, ended_at=timezone.now(), error="")
+    _update(job_id, status=JobStatus.FINISHED, result=result, ended_at=at or timezone.now(), error="")
 
 
-def _failure(job_id: str, error: str, status: str) -> None:
-    """Record a failed attempt: ``error`` becomes the last error and joins the history."""
+#: The exception RQ raises for a job whose payload in Redis cannot be read, and what the row says.
+DAMAGED_PAYLOAD_ERROR = "rq.exceptions.DeserializationError"
+PAYLOAD_DAMAGED = "The job's payload in Redis could not be read"
+
+
+@dataclass
+class Outcome:
+    """What became of a failed attempt, and what is needed to push the job again."""
+
+    status: str
+    delay: float = 0.0
+    row: dict[str, Any] | None = None
+
+    @property
+    def push_now(self) -> bool:
+        return self.status == JobStatus.QUEUED and self.row is not None
+
+
+def mark_attempt_failed(
+    job_id: str,
+    error: str,
+    *,
+    error_types: list[str] | None = None,
+    stopped: bool = False,
+    at: datetime | None = None,
+) -> Outcome:
+    """Record a failed attempt and decide, from the row's retry policy, what comes next.
+
+    ``error`` becomes the last error and joins the history. The row then ends
+    ``failed`` (or ``stopped``), or waits for its retry: ``queued`` to be
+    pushed at once, or ``scheduled`` with ``scheduled_for`` for the scheduler
+    loop to push when due (the database holds the wait, not Redis).
+    """
+    from datetime import timedelta
+
+    from . import retries
+
+    now = at or timezone.now()
+    using = db_alias()
+    fields = ("attempts", "error_history", "options", "func_name", "queue", "args", "kwargs", "status")
+    row = JobRecord.objects.using(using).filter(pk=job_id).values(*fields).first()
+    if row is None:
+        return Outcome(JobStatus.FAILED)
+    attempts = row["attempts"]
+    update: dict[str, Any] = {"ended_at": now}
+    if row["status"] != JobStatus.STARTED:
+        # It failed before it could start (e.g. its payload was unreadable): still an attempt.
+        attempts = update["attempts"] = attempts + 1
+    history = list(row["error_history"] or [])
+    history.append({"attempt": attempts, "at": now.isoformat(), "error": error})
+    options = row["options"] or {}
+    update.update(error=error, error_history=history)
+    outcome = Outcome(JobStatus.STOPPED if stopped else JobStatus.FAILED)
+    damaged = error_types is not None and DAMAGED_PAYLOAD_ERROR in error_types
+    if damaged and not any(PAYLOAD_DAMAGED in entry["error"] for entry in history[:-1]):
+        # Redis holds a payload that cannot be read; the row holds a good one: push that, once.
+        outcome = Outcome(JobStatus.QUEUED, 0.0, row)
+    elif not stopped and retries.retries_left(options, attempts) and retries.retryable(options, error_types):
+        delay = retries.retry_delay(options, attempts)
+        if delay > 0:
+            outcome = Outcome(JobStatus.SCHEDULED, delay)
+            update["scheduled_for"] = now + timedelta(seconds=delay)
+        else:
+            outcome = Outcome(JobStatus.QUEUED, 0.0, row)
+    # Only a row that is still running this attempt is changed (not one canceled meanwhile).
+    changed = (
+        JobRecord.objects.using(using)
+        .filter(pk=job_id)
+        .exclude(status__in=[JobStatus.CANCELED, JobStatus.FINISHED])
+        .update(status=outcome.status, **update)
+    )
+    if not changed:
+        return Outcome(JobStatus.CANCELED)
+    return outcome
+
+
+def mark_failed(job_id: str, error: str, status: str = JobStatus.FAILED) -> None:
+    """The job ended without a result: ``failed`` (or ``stopped``), with the error text; no retry."""
     now = timezone.now()
     row = JobRecord.objects.using(db_alias()).filter(pk=job_id).values("attempts", "error_history").first()
     history = list(row["error_history"] or []) if row else []
@@ -121,22 +264,22 @@ def _failure(job_id: str, error: str, status: str) -> None:
     _update(job_id, status=status, error=error, error_history=history, ended_at=now)
 
 
-def mark_failed(job_id: str, error: str, status: str = JobStatus.FAILED) -> None:
-    """The job ended without a result: ``failed`` (or ``stopped``), with the error text."""
-    _failure(job_id, error, status)
-
-
-def mark_retrying(job_id: str, error: str, status: str) -> None:
-    """The attempt failed and RQ put the job back (``queued`` or ``scheduled``)."""
-    _failure(job_id, error, status)
-
-
 def mark_requeued(job_ids: list[str]) -> int:
-    """Make final jobs wait again, as a new attempt of the same rows (errors are kept)."""
+    """Make final jobs wait again, as a new attempt of the same rows (errors are kept).
+
+    A unique job run again this way gives up its key: a newer job may hold it.
+    """
     return (
         JobRecord.objects.using(db_alias())
         .filter(pk__in=job_ids)
-        .update(status=JobStatus.QUEUED, result=None, started_at=None, ended_at=None, needs_push=False)
+        .update(
+            status=JobStatus.QUEUED,
+            result=None,
+            started_at=None,
+            ended_at=None,
+            needs_push=False,
+            unique_key=None,
+        )
     )
 
 
@@ -164,6 +307,18 @@ def mark_status(job_id: str, status: str) -> None:
 def mark_push_failed(job_id: str, using: str) -> None:
     """Remember that the push to Redis failed, so that reconciliation can push the row again."""
     JobRecord.objects.using(using).filter(pk=job_id).update(needs_push=True)
+
+
+def mark_push_failed_many(job_ids: list[str], using: str) -> None:
+    """Remember that the push of these jobs failed (see :func:`mark_push_failed`)."""
+    for start in range(0, len(job_ids), BULK_BATCH_SIZE):
+        chunk = job_ids[start : start + BULK_BATCH_SIZE]
+        JobRecord.objects.using(using).filter(pk__in=chunk).update(needs_push=True)
+
+
+def clear_needs_push(job_id: str) -> None:
+    """The row's job is in Redis again."""
+    JobRecord.objects.using(db_alias()).filter(pk=job_id, needs_push=True).update(needs_push=False)
 
 
 def load(job_id: str) -> JobRecord | None:

@@ -4,7 +4,12 @@ Every ``interval`` seconds the leader
 
 - moves ``scheduled`` rows whose ``scheduled_for`` has passed into their RQ
   queues (the database holds the future, so a Redis flush loses nothing);
-- starts the runs of due :class:`~django_jobs.models.PeriodicJob` rows.
+- starts the runs of due :class:`~django_jobs.models.PeriodicJob` rows;
+- repairs Redis from the database (``recovery.py``): pushes rows whose push
+  failed or whose job Redis lost, ends or retries the jobs of dead workers,
+  and writes back outcomes kept in Redis during a database outage;
+- deletes rows past their retention (``DJANGO_JOBS["RETENTION"]``), one
+  batch of at most 10,000 rows per tick.
 
 Leadership is a Redis key set with NX and a TTL that the leader renews on
 every tick; a standby takes over once the key expires (within the TTL of
@@ -31,7 +36,7 @@ from django.utils import timezone
 from redis import Redis
 from redis.exceptions import RedisError
 
-from . import records
+from . import records, recovery, retention, spool
 from .conf import conf
 from .enqueue import push
 from .models import JobRecord, JobStatus, MissedRunPolicy, PeriodicJob
@@ -41,6 +46,9 @@ from .schedules import next_run
 logger = logging.getLogger("django_jobs.scheduler")
 
 LEADER_KEY = "django_jobs:scheduler:leader"
+
+#: Seconds between two looks for rows past their retention, when the last look found none.
+PRUNE_CHECK_INTERVAL = 60.0
 
 # Renew only our own lock; take it if free.
 _ACQUIRE = """
@@ -299,6 +307,9 @@ class Scheduler:
         self.synced = False
         self.warned_rq_scheduler = False
         self.stop_event = threading.Event()
+        self.orphans = recovery.OrphanWatch(grace=conf.orphan_grace)
+        self.reconciled_at = float("-inf")
+        self.prune_at = float("-inf")
 
     def tick(self) -> dict[str, int]:
         """One pass: renew or take the lead; if leading, do the due work."""
@@ -311,7 +322,7 @@ class Scheduler:
             logger.info("Scheduler %s: %s", self.name, "now the leader" if leading else "standing by")
             self.leading = leading
         if not leading:
-            return {"promoted": 0, "periodic": 0}
+            return {"promoted": 0, "periodic": 0, "pushed": 0, "orphans": 0}
         if not self.synced:
             report = sync_schedules()
             logger.info("Scheduler %s: schedules synced from code: %s", self.name, report)
@@ -319,6 +330,8 @@ class Scheduler:
         now = timezone.now()
         late_after = timedelta(seconds=max(5.0, 3 * self.interval))
         done = {"promoted": promote_due(now), "periodic": run_periodic(now, late_after)}
+        done.update(self.repair(now))
+        done["pruned"] = self.prune(now)
         legacy = promote_rq_scheduler_jobs(self.lock.connection)
         if legacy is None:
             backlog = rq_scheduler_backlog(self.lock.connection)
@@ -328,6 +341,32 @@ class Scheduler:
         else:
             done["promoted"] += legacy
         return done
+
+    def repair(self, now: datetime) -> dict[str, int]:
+        """Make Redis agree with the database again (see ``recovery.py``)."""
+        connection = self.lock.connection
+        # Outcomes kept in Redis during a database outage go first: a job that ended
+        # while the database was away must not be taken for an orphan.
+        if spool.pending(connection):
+            spool.drain(connection)
+        pushed = recovery.push_pending(now)
+        lost = recovery.redis_lost_data(connection, self.name)
+        if lost or time.monotonic() - self.reconciled_at >= conf.reconcile_interval:
+            if lost:
+                logger.warning("Scheduler %s: Redis has lost its data (or is new); reconciling.", self.name)
+            pushed += recovery.reconcile(now)
+            self.reconciled_at = time.monotonic()
+        return {"pushed": len(pushed), "orphans": len(self.orphans.recover(now))}
+
+    def prune(self, now: datetime) -> int:
+        """Delete one batch of rows past their retention; look again soon only if there is more."""
+        if time.monotonic() < self.prune_at:
+            return 0
+        pruned = retention.prune_some(now)
+        # Rows went: more may be due (this status, or the next), so the next tick goes on.
+        # Nothing was due: look again in a minute.
+        self.prune_at = time.monotonic() + (0 if pruned else PRUNE_CHECK_INTERVAL)
+        return pruned
 
     def run(self, burst: bool = False) -> None:
         """Tick every ``interval`` seconds until stopped (or once, with ``burst``)."""
@@ -342,12 +381,16 @@ class Scheduler:
                 reset_database_connections()
                 try:
                     done = self.tick()
-                    if done["promoted"] or done["periodic"]:
+                    if any(done.values()):
                         logger.info(
-                            "Scheduler %s: queued %d due jobs, started %d periodic runs",
+                            "Scheduler %s: queued %d due jobs, started %d periodic runs, pushed %d "
+                            "lost jobs again, recovered %d jobs of dead workers, pruned %d old rows",
                             self.name,
                             done["promoted"],
                             done["periodic"],
+                            done.get("pushed", 0),
+                            done.get("orphans", 0),
+                            done.get("pruned", 0),
                         )
                 except Exception:
                     logger.exception("Scheduler %s: tick failed; trying again", self.name)

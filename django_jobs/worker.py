@@ -9,23 +9,28 @@ between two jobs costs nothing but a reconnect.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from django.db import DatabaseError, InterfaceError, connections
+from django.utils import timezone
+from redis.exceptions import RedisError
 from rq import Retry
 from rq import SimpleWorker as RQSimpleWorker
 from rq import Worker as RQWorker
 from rq.job import Job
 from rq.job import JobStatus as RQJobStatus
 from rq.serializers import JSONSerializer
+from rq.utils import now as rq_now
 
-from . import pauses, records
+from . import limits, pauses, records, retries, spool
 from .conf import conf
-from .exceptions import JobFunctionImportError
+from .exceptions import JobArgumentsError, JobExited, JobFunctionImportError
 from .models import JobStatus
 from .payload import check_result, to_jsonable
 
@@ -34,6 +39,14 @@ if TYPE_CHECKING:
     from rq.executions import Execution
 
 logger = logging.getLogger("django_jobs.worker")
+
+#: Seconds between two heartbeats of a worker (RQ: 30). Its key in Redis
+#: lives three beats, so a dead worker's key is gone within 30 s, and its
+#: started jobs are recovered ``ORPHAN_GRACE`` later (see recovery.py).
+JOB_MONITORING_INTERVAL = 10
+
+#: Least seconds between two looks at the spool of unwritten outcomes.
+SPOOL_CHECK_INTERVAL = 5.0
 
 
 class JobsJob(Job):
@@ -47,10 +60,33 @@ class JobsJob(Job):
             raise JobFunctionImportError(self.func_name or "", exc) from exc
 
     def _execute(self) -> Any:
-        result = super()._execute()
+        func = self.func
+        signature = getattr(func, "signature", None)
+        if signature is None:
+            try:
+                signature = inspect.signature(func)
+            except (TypeError, ValueError):  # some builtins have no signature
+                signature = None
+        if signature is not None:
+            try:
+                signature.bind(*self.args, **self.kwargs)
+            except TypeError as exc:
+                raise JobArgumentsError(self.func_name or "", _bare(signature), exc) from None
+        try:
+            result = super()._execute()
+        except SystemExit as exc:
+            # Raised inside the job: RQ would record it, but the message should say what happened.
+            raise JobExited(exc.code) from exc
         if self.serializer is JSONSerializer and not isinstance(result, Retry):
             check_result(f"Job {self.func_name}()", result)
         return result
+
+
+def _bare(signature: inspect.Signature) -> inspect.Signature:
+    """The signature without annotations: ``(a, b=1)`` reads better in an error than ``(a: 'int', …)``."""
+    empty = inspect.Parameter.empty
+    parameters = [parameter.replace(annotation=empty) for parameter in signature.parameters.values()]
+    return signature.replace(parameters=parameters, return_annotation=empty)
 
 
 def reset_database_connections() -> None:
@@ -66,13 +102,81 @@ def reset_database_connections() -> None:
             conn.close()
 
 
-def _write(step: Callable[..., None], *args: Any) -> None:
-    """Apply one row update; a database error is logged and never kills the worker."""
-    try:
-        step(*args)
-    except (DatabaseError, InterfaceError):
-        logger.exception("Could not record %s for job %s", step.__name__, getattr(args[0], "id", args[0]))
-        reset_database_connections()
+#: Pauses between the attempts of a row write before it is kept in Redis instead.
+WRITE_RETRY_DELAYS = (0.2, 0.5, 1.0)
+
+#: Jobs of this process with outcomes waiting in the spool: their later writes
+#: queue up behind them, so that a job's writes land in order.
+_spooled: set[str] = set()
+
+
+def _write(connection: Any, step: str, job_id: str, apply: Callable[[], Any], **fields: Any) -> Any:
+    """Apply one row write; if the database stays unavailable, keep it in Redis for later.
+
+    The write is tried again after short pauses (the database may be
+    restarting). Then the outcome goes to the spool (``spool.py``), which
+    workers and the scheduler write back once the database answers. The
+    worker never dies of a database error. Returns what ``apply`` returned,
+    or None when the write was spooled.
+    """
+    if job_id not in _spooled:
+        for pause in (*WRITE_RETRY_DELAYS, None):
+            try:
+                return apply()
+            except (DatabaseError, InterfaceError) as exc:
+                reset_database_connections()
+                if pause is None:
+                    logger.warning(
+                        "Could not record %s of job %s (%s); keeping it in Redis until the database is back.",
+                        step,
+                        job_id,
+                        exc,
+                    )
+                    break
+                time.sleep(pause)
+    if spool.save(connection, step, job_id=job_id, **fields):
+        _spooled.add(job_id)
+    if step != "started":
+        _spooled.discard(job_id)  # the job has no later writes
+    return None
+
+
+def continue_after_failure(job_id: str, outcome: records.Outcome) -> None:
+    """Push a job whose retry is due at once (a scheduled retry waits for the scheduler loop)."""
+    if outcome.push_now and outcome.row is not None:
+        from .enqueue import push
+
+        row = outcome.row
+        args = (row["func_name"], row["queue"], row["args"], row["kwargs"], row["options"])
+        push(job_id, *args, records.db_alias())
+
+
+def describe_failure(job: Job, exc_string: str, error: BaseException | None) -> str:
+    """The error kept on the row: RQ's text, ending with a line that says what happened."""
+    from rq.exceptions import DeserializationError
+    from rq.timeouts import JobTimeoutException
+
+    if isinstance(error, DeserializationError):
+        return (
+            f"{exc_string.rstrip()}\n{records.PAYLOAD_DAMAGED} (damaged or written by other code). "
+            "The job was pushed again from its row, which keeps the arguments; if that fails "
+            "too, the job ends failed."
+        )
+    if isinstance(error, JobTimeoutException):
+        return f"{exc_string.rstrip()}\nTimed out after {job.timeout} s."
+    if exc_string.startswith("Work-horse terminated unexpectedly"):
+        started = job.started_at
+        elapsed = (rq_now() - started).total_seconds() if started else 0.0
+        if job.timeout and job.timeout > 0 and elapsed >= job.timeout:
+            return (
+                f"Timed out after {job.timeout} s: the job did not stop when told to, so its "
+                f"work-horse process was killed. ({exc_string.strip()})"
+            )
+        return (
+            f"The work-horse process running the job died ({exc_string.strip().rstrip(';')}). It may have "
+            "run out of memory, been killed, or called os._exit()."
+        )
+    return exc_string
 
 
 def _requeued_status(job: Job) -> str:
@@ -92,6 +196,9 @@ class RecordingWorkerMixin:
     _paused: frozenset[str] = frozenset()
     _pauses_read_at = float("-inf")
     _full_order: list[Queue] | None = None
+    _job_error: BaseException | None = None
+    _spool_backoff: spool.Backoff | None = None
+    _admission: limits.Admission = limits.UNLIMITED
 
     def _skip_paused_queues(self) -> bool:
         """Leave paused queues out of the dequeue order; return whether any queue is left."""
@@ -111,18 +218,21 @@ class RecordingWorkerMixin:
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
         """RQ's dequeue, skipping paused queues and noticing a pause or resume within seconds."""
         dequeue = super().dequeue_job_and_maintain_ttl  # type: ignore[misc]
+        self.drain_spool()
         if timeout is None:  # burst: one pass over the queues that are not paused
             return dequeue(None, max_idle_time) if self._skip_paused_queues() else None
         idle_since = time.monotonic()
         while True:
-            window = max(1, math.ceil(conf.pause_check_interval))
+            # Come back at least every heartbeat interval, to beat (see heartbeat()).
+            window = max(1, math.ceil(min(conf.pause_check_interval, self.job_monitoring_interval)))  # type: ignore[attr-defined]
             if max_idle_time is not None:
                 left = max_idle_time - (time.monotonic() - idle_since)
                 if left <= 0:
                     return None
                 window = min(window, math.ceil(left))
+            self.drain_spool()
             if not self._skip_paused_queues():
-                self.heartbeat()  # type: ignore[attr-defined]
+                self.heartbeat()
                 time.sleep(window)
                 continue
             # Come back after `window` idle seconds to look at the pauses again.
@@ -130,17 +240,53 @@ class RecordingWorkerMixin:
             if result is not None:
                 return result
 
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        # RQ lets a worker's key live 60 s past each beat (480 s when idle); a dead worker is
+        # noticed only when its key expires, so keep it to three beats.
+        cap = 3 * self.job_monitoring_interval  # type: ignore[attr-defined]
+        super().heartbeat(min(timeout or cap, cap), pipeline)  # type: ignore[misc]
+
     def execute_job(self, job: Job, queue: Queue) -> None:
         reset_database_connections()
+        admission = limits.admit(job)
+        if admission.wait is not None:
+            # Over its rate or concurrency limit: it waits in the database, it is not dropped.
+            limits.defer(job, queue, admission)
+            reset_database_connections()
+            return
+        self._admission = admission
         try:
             super().execute_job(job, queue)  # type: ignore[misc]
         finally:
+            # Also when the work-horse died: the slot must not outlive the run.
+            self._admission = limits.UNLIMITED
+            admission.release()
             reset_database_connections()
+
+    def maintain_heartbeats(self, job: Job, execution: Execution) -> None:
+        try:
+            super().maintain_heartbeats(job, execution)  # type: ignore[misc]
+        except (RedisError, OSError):
+            # Redis is away for a moment: RQ would quit here and leave the work-horse running
+            # alone; keep watching the job instead, and beat again next time.
+            logger.warning("Heartbeat of worker %s failed (Redis unreachable); trying again", self.name)
+        try:
+            self._admission.renew()
+        except (RedisError, OSError):
+            logger.warning("Could not renew the concurrency slot of job %s; trying again", job.id)
 
     def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
         super().prepare_job_execution(job, remove_from_intermediate_queue)  # type: ignore[misc]
         # After RQ marked it started in Redis: a row that says "started" can be stopped.
-        _write(records.mark_started, job, self.name)
+        at = timezone.now()
+        _write(
+            self.connection,  # type: ignore[attr-defined]
+            "started",
+            job.id,
+            lambda: records.mark_started(job, self.name, at),
+            worker_name=self.name,
+            at=at,
+        )
 
     def handle_job_success(
         self, job: Job, queue: Queue, started_job_registry: Any, execution: Execution
@@ -149,7 +295,20 @@ class RecordingWorkerMixin:
         result = job._result
         if job.serializer is not JSONSerializer:
             result = to_jsonable(result)  # pickled results may be any object; the row keeps a text form
-        _write(records.mark_finished, job.id, result)
+        at = timezone.now()
+        _write(
+            self.connection,  # type: ignore[attr-defined]
+            "finished",
+            job.id,
+            lambda: records.mark_finished(job.id, result, at),
+            result=result,
+            at=at,
+        )
+
+    def handle_exception(self, job: Job, *exc_info: Any) -> None:
+        # Kept for handle_job_failure(), which RQ calls next with the text only.
+        self._job_error = exc_info[1] if len(exc_info) > 1 else None
+        super().handle_exception(job, *exc_info)  # type: ignore[misc]
 
     def handle_job_failure(
         self,
@@ -160,30 +319,74 @@ class RecordingWorkerMixin:
         execution: Execution | None = None,
     ) -> None:
         stopped = self._stopped_job_id == job.id
-        retry = bool(job.should_retry) and not stopped
+        error, self._job_error = self._job_error, None
         super().handle_job_failure(  # type: ignore[misc]
             job, queue, started_job_registry=started_job_registry, exc_string=exc_string, execution=execution
         )
+        message = describe_failure(job, exc_string, error)
         if stopped:
-            _write(records.mark_failed, job.id, exc_string or "Stopped on request.", JobStatus.STOPPED)
-        elif retry:
-            _write(records.mark_retrying, job.id, exc_string, _requeued_status(job))
-        else:
-            _write(records.mark_failed, job.id, exc_string)
+            message = exc_string or "Stopped on request."
+        types = retries.error_types(error)
+        at = timezone.now()
+        outcome = _write(
+            self.connection,  # type: ignore[attr-defined]
+            "failed",
+            job.id,
+            lambda: records.mark_attempt_failed(job.id, message, error_types=types, stopped=stopped, at=at),
+            error=message,
+            error_types=types,
+            stopped=stopped,
+            at=at,
+        )
+        if outcome is not None and outcome.status in (JobStatus.QUEUED, JobStatus.SCHEDULED):
+            # The database holds the retry: RQ's failed registry must not list the job meanwhile.
+            queue.failed_job_registry.remove(job)
+            continue_after_failure(job.id, outcome)
 
     def handle_job_retry(
         self, job: Job, queue: Queue, retry: Any, started_job_registry: Any, execution: Any
     ) -> None:
         super().handle_job_retry(job, queue, retry, started_job_registry, execution)  # type: ignore[misc]
         message = "The job returned rq.Retry."
+        status: str = _requeued_status(job)
         if job.get_status(refresh=False) == RQJobStatus.FAILED:
-            _write(records.mark_failed, job.id, message + " No retries left.")
-        else:
-            _write(records.mark_retrying, job.id, message, _requeued_status(job))
+            status, message = JobStatus.FAILED, message + " No retries left."
+        _write(
+            self.connection,  # type: ignore[attr-defined]
+            "error",
+            job.id,
+            lambda: records.mark_failed(job.id, message, status),
+            error=message,
+            status=status,
+        )
+
+    def drain_spool(self) -> None:
+        """Write back outcomes kept in Redis during a database outage (with backoff while it lasts)."""
+        backoff = self._spool_backoff
+        if backoff is None:
+            backoff = self._spool_backoff = spool.Backoff()
+        if not backoff.due():
+            return
+        connection = self.connection  # type: ignore[attr-defined]
+        try:
+            if spool.pending(connection):
+                spool.drain(connection)
+            if spool.pending(connection):
+                backoff.failed()
+            else:
+                backoff.succeeded(wait=SPOOL_CHECK_INTERVAL)
+        except (RedisError, OSError):
+            backoff.failed()
 
 
 class Worker(RecordingWorkerMixin, RQWorker):
     """RQ's forking worker: each job runs in a fresh child process (isolation, hard timeouts)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Heartbeats every 10 s (RQ: 30 s) while a job runs, so that a dead worker is noticed
+        # within HEARTBEAT_TTL of its last one.
+        kwargs.setdefault("job_monitoring_interval", JOB_MONITORING_INTERVAL)
+        super().__init__(*args, **kwargs)
 
     def fork_work_horse(self, job: Job, queue: Queue) -> None:
         # A connection must never be shared between the parent and the child.
@@ -200,6 +403,33 @@ class Worker(RecordingWorkerMixin, RQWorker):
 
 class SimpleWorker(RecordingWorkerMixin, RQSimpleWorker):
     """RQ's in-process worker: no fork per job (faster, no isolation between jobs)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("job_monitoring_interval", JOB_MONITORING_INTERVAL)
+        super().__init__(*args, **kwargs)
+
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        # RQ keeps a SimpleWorker alive for the job's whole timeout, as it cannot beat while
+        # the job runs; this one beats from a thread (below), so a dead one is noticed sooner.
+        return RQWorker.get_heartbeat_ttl(self, job, working_time)
+
+    def perform_job(self, job: Job, queue: Queue, execution: Execution) -> bool:
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(self.job_monitoring_interval):
+                try:
+                    self.maintain_heartbeats(job, execution)
+                except (RedisError, OSError):
+                    logger.warning("Heartbeat of worker %s failed; trying again", self.name)
+
+        beater = threading.Thread(target=beat, name=f"heartbeat-{job.id}", daemon=True)
+        beater.start()
+        try:
+            return super().perform_job(job, queue, execution)
+        finally:
+            stop.set()
+            beater.join()
 
 
 def run_job_in_process(worker: SimpleWorker, job: Job, queue: Queue) -> None:

@@ -85,9 +85,29 @@ if os.environ.get("DJANGO_JOBS_TEST_SCHEDULE"):
 
     DJANGO_JOBS = {"SCHEDULE": json.loads(os.environ["DJANGO_JOBS_TEST_SCHEDULE"])}
 
+# Other DJANGO_JOBS options for subprocesses started by a test (JSON).
+if os.environ.get("DJANGO_JOBS_TEST_OPTIONS"):
+    import json
+
+    DJANGO_JOBS = {**globals().get("DJANGO_JOBS", {}), **json.loads(os.environ["DJANGO_JOBS_TEST_OPTIONS"])}
+
 # A worker subprocess started by a test uses the test database by this name.
 if os.environ.get("DJANGO_JOBS_TEST_DB_NAME"):
     DATABASES["default"]["NAME"] = os.environ["DJANGO_JOBS_TEST_DB_NAME"]
+
+# Database outage tests: reach PostgreSQL through a proxy the test can cut, or give up
+# sooner on a locked SQLite file.
+if os.environ.get("DJANGO_JOBS_TEST_DB_PORT"):
+    DATABASES["default"]["PORT"] = int(os.environ["DJANGO_JOBS_TEST_DB_PORT"])
+    DATABASES["default"]["HOST"] = "127.0.0.1"
+if os.environ.get("DJANGO_JOBS_TEST_DB_TIMEOUT"):
+    DATABASES["default"].setdefault("OPTIONS", {})
+    if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+        DATABASES["default"]["OPTIONS"]["timeout"] = float(os.environ["DJANGO_JOBS_TEST_DB_TIMEOUT"])
+    else:
+        DATABASES["default"]["OPTIONS"]["connect_timeout"] = int(
+            float(os.environ["DJANGO_JOBS_TEST_DB_TIMEOUT"])
+        )
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 RQ_QUEUES = {

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import pytest
 from django.core import checks
 from django.test.utils import override_settings
 
-from django_jobs.checks import check_app_order, check_options, check_queues, check_serializer
+from django_jobs.checks import check_app_order, check_options, check_queues, check_retention, check_serializer
 
 URL = {"URL": "redis://127.0.0.1:6379/0"}
 
@@ -74,6 +75,31 @@ def test_e007_per_queue_serializer_is_not_used(settings: Any) -> None:
     messages = check_queues()
     assert ids(messages) == ["django_jobs.E007"]
     assert "DJANGO_JOBS['SERIALIZER']" in messages[0].hint
+
+
+@pytest.mark.parametrize(
+    ("retention", "says"),
+    [
+        (["finished", 60], "must be a dict of status to seconds or timedelta"),
+        ({"queued": 60}, "'queued', whose rows are never pruned"),
+        ({"finshed": 60}, "did you mean 'finished'?"),
+        ({"failed": -1}, "['failed'] is -1"),
+        ({"failed": "30d"}, "['failed'] is '30d'"),
+        ({"failed": dt.timedelta(days=-1)}, "['failed'] is datetime.timedelta(days=-1)"),
+        ({"failed": True}, "['failed'] is True"),
+        ({"failed": 1e20}, "['failed'] is 1e+20"),
+    ],
+)
+def test_e008_malformed_retention(settings: Any, retention: Any, says: str) -> None:
+    settings.DJANGO_JOBS = {"RETENTION": retention}
+    messages = check_retention()
+    assert ids(messages) == ["django_jobs.E008"]
+    assert says in messages[0].msg
+    assert "None keeps them forever" in messages[0].hint
+    settings.DJANGO_JOBS = {"RETENTION": {"finished": 3600, "failed": dt.timedelta(days=90), "stopped": None}}
+    assert check_retention() == []
+    settings.DJANGO_JOBS = {"RETENTION": None}
+    assert check_retention() == []
 
 
 def test_e003_unknown_key_suggests_the_close_one(settings: Any) -> None:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from typing import Any
+
+from rq import Retry
 
 from django_jobs import job
 from django_jobs.models import JobRecord
@@ -88,3 +91,165 @@ def crunch(steps: int) -> int:
 @job("low", cron="0 3 * * *", schedule_timezone="Europe/Paris")
 def nightly_cleanup() -> str:
     return "cleaned"
+
+
+# --- reliability ---------------------------------------------------------------------------------
+
+
+def _count_call(marker_path: str) -> int:
+    """Count this call in a file; return the call's number (1 for the first)."""
+    count = 1
+    if os.path.exists(marker_path):
+        with open(marker_path) as handle:
+            count = int(handle.read() or 0) + 1
+    with open(marker_path, "w") as handle:
+        handle.write(str(count))
+    return count
+
+
+@job(retry=Retry(max=1, interval=[30]))
+def fails_once_then_waits(marker_path: str) -> str:
+    """Fail the first call; the retry comes 30 s later."""
+    if _count_call(marker_path) == 1:
+        raise RuntimeError("first call fails")
+    return "second call"
+
+
+@job(retry=3, retry_on=(ConnectionError,))
+def picky(marker_path: str, kind: str) -> None:
+    """Raise ``kind`` on every call: only ConnectionError is worth a retry."""
+    _count_call(marker_path)
+    raise ConnectionError("network down") if kind == "connection" else ValueError("bad input")
+
+
+@job(timeout=1)
+def overruns(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+@job
+def calls_sys_exit(code: int) -> None:
+    sys.exit(code)
+
+
+@job
+def calls_os_exit(code: int) -> None:
+    os._exit(code)
+
+
+@job(retry=1)
+def hangs_first_time(marker_path: str, pid_path: str) -> str:
+    """The first call writes its pid and hangs (a test kills it); the retry returns."""
+    if _count_call(marker_path) == 1:
+        with open(pid_path, "w") as handle:
+            handle.write(str(os.getpid()))
+        time.sleep(600)
+    return "recovered"
+
+
+@job
+def hangs(pid_path: str) -> None:
+    """Write the pid, then hang until killed."""
+    with open(pid_path, "w") as handle:
+        handle.write(str(os.getpid()))
+    time.sleep(600)
+
+
+# -- unique jobs, rate limits and concurrency limits (tests/test_limits.py) -----------
+
+
+@job(unique=True)
+def unique_add(a: int, b: int = 0) -> int:
+    return a + b
+
+
+@job(unique=True, unique_for=1)
+def unique_briefly(name: str) -> str:
+    return name
+
+
+def account_key(account_id: int, **options: Any) -> str:
+    return f"account-{account_id}"
+
+
+@job(unique_key=account_key)
+def sync_account(account_id: int, full: bool = False) -> int:
+    return account_id
+
+
+def _note(log_key: str, value: str) -> None:
+    from django_jobs.queues import get_connection
+
+    get_connection().rpush(log_key, value)
+
+
+@job(concurrency=1)
+def one_at_a_time(log_key: str, seconds: float) -> None:
+    """Note when it ran, as "start end" in a Redis list."""
+    start = time.time()
+    time.sleep(seconds)
+    _note(log_key, f"{start} {time.time()}")
+
+
+@job(concurrency=1)
+def holds_the_slot(die: bool) -> str:
+    if die:
+        os._exit(1)  # the work-horse dies while the job holds its slot
+    return "ran"
+
+
+@job(rate_limit="5/s")
+def five_a_second() -> str:
+    return "ran"
+
+
+@job(rate_limit="2/m")
+def twice_a_minute() -> str:
+    return "ran"
+
+
+# -- fault injection (tests/faults/) -----------------------------------------------------------------
+# Each run appends "<job key> <pid> <event> <time>" to an execution log once its side effect is
+# done, so that the suite can count how often each job really ran.
+
+
+def _log_execution(log_path: str, key: str, event: str) -> None:
+    line = f"{key} {os.getpid()} {event} {time.time():.3f}\n".encode()
+    descriptor = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(descriptor, line)  # one write with O_APPEND: lines of concurrent runs never mix
+    finally:
+        os.close(descriptor)
+
+
+@job(retry=3, retry_backoff=0.5)
+def fault_fast(log_path: str, key: str) -> str:
+    _log_execution(log_path, key, "done")
+    return key
+
+
+@job(retry=3, retry_backoff=0.5)
+def fault_slow(log_path: str, key: str, seconds: float) -> str:
+    _log_execution(log_path, key, "started")  # the suite kills workers in the middle of these
+    time.sleep(seconds)
+    _log_execution(log_path, key, "done")
+    return key
+
+
+@job
+def fault_failing(log_path: str, key: str) -> None:
+    """Always raises; no retries, so it must end failed."""
+    _log_execution(log_path, key, "raised")
+    raise RuntimeError(f"{key} fails on purpose")
+
+
+@job(retry=3, retry_backoff=0.5)
+def fault_retrying(log_path: str, marker_path: str, key: str, failures: int) -> str:
+    """Raise on the first ``failures`` calls (counted in a marker file), then return."""
+    call = _count_call(marker_path)
+    if call <= failures:
+        _log_execution(log_path, key, "raised")
+        raise RuntimeError(f"{key}: call {call} fails on purpose")
+    _log_execution(log_path, key, "done")
+    return key

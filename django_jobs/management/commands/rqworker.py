@@ -84,6 +84,13 @@ class Command(BaseCommand):
         parser.add_argument(
             "--pool", type=int, default=1, metavar="N", help="Run N worker processes, supervised by this one."
         )
+        parser.add_argument(
+            "--job-monitoring-interval",
+            type=int,
+            default=None,
+            help="Seconds between two heartbeats while a job runs (default 10). A dead worker's jobs "
+            "are recovered about 3 heartbeats plus DJANGO_JOBS['ORPHAN_GRACE'] after its death.",
+        )
         parser.add_argument("--logging-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR.")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -92,7 +99,7 @@ class Command(BaseCommand):
             queues = get_queues(names)
         except UnknownQueueError as exc:
             raise CommandError(str(exc)) from None
-        for number_option in ("max_jobs", "max_idle_time", "worker_ttl"):
+        for number_option in ("max_jobs", "max_idle_time", "worker_ttl", "job_monitoring_interval"):
             value = options[number_option]
             if value is not None and value <= 0:
                 raise CommandError(
@@ -127,6 +134,11 @@ class Command(BaseCommand):
             name=options["name"],
             serializer=resolve_serializer(),
             worker_ttl=options["worker_ttl"],
+            **(
+                {"job_monitoring_interval": options["job_monitoring_interval"]}
+                if options["job_monitoring_interval"]
+                else {}
+            ),
         )
         # Nothing opened so far may leak into the work horses.
         connections.close_all()
@@ -173,6 +185,7 @@ class Command(BaseCommand):
             "max_jobs",
             "max_idle_time",
             "worker_ttl",
+            "job_monitoring_interval",
             "dequeue_strategy",
             "logging_level",
         ):

@@ -1,0 +1,63 @@
+"""``manage.py rqreconcile``: make Redis agree with the database now (the scheduler also does it)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DatabaseError
+from redis.exceptions import RedisError
+
+from django_jobs import recovery, spool
+from django_jobs.conf import conf
+from django_jobs.queues import get_connection
+
+
+class Command(BaseCommand):
+    help = (
+        "Repair Redis from the database: write back outcomes kept during a database outage, push "
+        "jobs whose push failed or that Redis lost, and end or retry the jobs of dead workers."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--dry-run", action="store_true", help="Report what would be done; do nothing.")
+        parser.add_argument(
+            "--grace",
+            type=float,
+            default=None,
+            help="Seconds a worker's heartbeat must stay missing before its jobs count as orphaned "
+            "(default DJANGO_JOBS['ORPHAN_GRACE']). The command waits that long if it sees such a worker.",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        grace = conf.orphan_grace if options["grace"] is None else options["grace"]
+        if grace < 0:
+            raise CommandError(f"--grace must be a number of seconds >= 0, not {grace}.")
+        dry_run = options["dry_run"]
+        connection = get_connection()
+        try:
+            connection.ping()
+        except (RedisError, OSError) as exc:
+            raise CommandError(f"Cannot reach Redis ({exc}). Check RQ_QUEUES and that it runs.") from None
+        try:
+            if dry_run:
+                self.stdout.write(f"{spool.pending(connection)} outcome(s) kept in Redis would be written.")
+            else:
+                self.stdout.write(f"Wrote {spool.drain(connection)} outcome(s) kept in Redis.")
+            pushed = recovery.push_pending(dry_run=dry_run) + recovery.reconcile(dry_run=dry_run)
+            self.stdout.write(f"{'Would push' if dry_run else 'Pushed'} {len(pushed)} job(s) again.")
+            watch = recovery.OrphanWatch(grace=grace)
+            orphans = watch.recover(dry_run=dry_run)
+            if not orphans and watch.missing_since:
+                self.stdout.write(
+                    f"Workers without a heartbeat: {', '.join(sorted(watch.missing_since))}; "
+                    f"waiting {grace:g} s to be sure they are dead."
+                )
+                time.sleep(grace)
+                orphans = watch.recover(dry_run=dry_run)
+            self.stdout.write(
+                f"{'Would recover' if dry_run else 'Recovered'} {len(orphans)} job(s) of dead workers."
+            )
+        except DatabaseError as exc:
+            raise CommandError(f"The database is unavailable ({exc}); nothing more was done.") from None

@@ -1,0 +1,149 @@
+"""Outcomes a worker could not write to the database, kept in Redis until it can.
+
+When the database is unreachable as a job starts or ends, the worker tries
+the write a few times, then appends the outcome to a Redis list and goes on
+with its next job. Workers (between jobs) and the scheduler loop write the
+list back to the database, oldest first, as soon as it answers again; one
+process at a time, under a short lock, so the order of a job's writes is kept.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from django.db import DatabaseError, InterfaceError
+from django.utils.dateparse import parse_datetime
+from redis import Redis
+from redis.exceptions import RedisError
+
+logger = logging.getLogger("django_jobs.spool")
+
+SPOOL_KEY = "django_jobs:unwritten"
+LOCK_KEY = "django_jobs:unwritten:lock"
+
+# Pop the head only if it is still the item that was applied and we still hold the lock.
+_POP_IF = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
+if redis.call('LINDEX', KEYS[1], 0) == ARGV[2] then
+  redis.call('LPOP', KEYS[1])
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+  return 1
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def save(connection: Redis, step: str, **fields: Any) -> bool:
+    """Append one outcome to the spool; return False if Redis refused it too."""
+    fields["step"] = step
+    for key, value in fields.items():
+        if isinstance(value, datetime):
+            fields[key] = value.isoformat()
+    try:
+        connection.rpush(SPOOL_KEY, json.dumps(fields, default=str))
+    except (RedisError, OSError):
+        logger.exception("Could not keep the outcome %s of job %s in Redis either; it is lost.", step, fields)
+        return False
+    return True
+
+
+def pending(connection: Redis) -> int:
+    return int(connection.llen(SPOOL_KEY))
+
+
+def _apply(item: dict[str, Any]) -> None:
+    from . import records
+
+    step = item["step"]
+    at = parse_datetime(item["at"]) if item.get("at") else None
+    if step == "started":
+        records.mark_started_by_id(item["job_id"], item["worker_name"], at)
+    elif step == "finished":
+        records.mark_finished(item["job_id"], item.get("result"), at)
+    elif step == "failed":
+        from .worker import continue_after_failure
+
+        outcome = records.mark_attempt_failed(
+            item["job_id"],
+            item["error"],
+            error_types=item.get("error_types"),
+            stopped=bool(item.get("stopped")),
+            at=at,
+        )
+        continue_after_failure(item["job_id"], outcome)
+    elif step == "error":
+        records.mark_failed(item["job_id"], item["error"], item["status"])
+    else:
+        logger.error("Unknown step %r in the spool; dropped: %s", step, item)
+
+
+def drain(connection: Redis, limit: int = 10_000, lock_ttl: float = 30.0) -> int:
+    """Write spooled outcomes to the database, oldest first; return how many were written.
+
+    Stops at the first database error (the rest waits for the next call).
+    """
+    token = uuid.uuid4().hex
+    ttl_ms = int(lock_ttl * 1000)
+    if not connection.set(LOCK_KEY, token, nx=True, px=ttl_ms):
+        return 0  # another process is draining
+    pop_if: Callable[..., Any] = connection.register_script(_POP_IF)
+    written = 0
+    try:
+        while written < limit:
+            raw = connection.lindex(SPOOL_KEY, 0)
+            if raw is None:
+                break
+            try:
+                item = json.loads(raw)
+            except ValueError:
+                logger.error("Unreadable item in %s; dropped: %r", SPOOL_KEY, raw)
+                item = None
+            if item is not None:
+                try:
+                    _apply(item)
+                except (DatabaseError, InterfaceError) as exc:
+                    logger.warning(
+                        "Database still unavailable (%s); %d outcome(s) wait.", exc, pending(connection)
+                    )
+                    from .worker import reset_database_connections
+
+                    reset_database_connections()
+                    break
+            if pop_if(keys=[SPOOL_KEY, LOCK_KEY], args=[token, raw, ttl_ms]) == -1:
+                break  # the lock expired under us: stop, someone else may drain now
+            written += 1
+    finally:
+        connection.register_script(_RELEASE)(keys=[LOCK_KEY], args=[token])
+    if written:
+        logger.info("Wrote %d outcome(s) kept in Redis while the database was unavailable.", written)
+    return written
+
+
+class Backoff:
+    """When to try again after a failure: 1 s, 2 s, 4 s … up to ``cap``; at once after a success."""
+
+    def __init__(self, first: float = 1.0, cap: float = 30.0) -> None:
+        self.first, self.cap = first, cap
+        self.delay = 0.0
+        self.next_at = 0.0
+
+    def due(self) -> bool:
+        return time.monotonic() >= self.next_at
+
+    def failed(self) -> None:
+        self.delay = min(self.cap, self.delay * 2 if self.delay else self.first)
+        self.next_at = time.monotonic() + self.delay
+
+    def succeeded(self, wait: float = 0.0) -> None:
+        self.delay = 0.0
+        self.next_at = time.monotonic() + wait
