@@ -144,6 +144,16 @@ def check_options(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
                     id="django_jobs.E004",
                 )
             )
+    push = options.get("PUSH", DEFAULTS["PUSH"])
+    if push not in ("immediate", "background"):
+        messages.append(
+            Error(
+                f"DJANGO_JOBS['PUSH'] must be 'immediate' or 'background', not {push!r}.",
+                hint="'immediate' (the default) pushes in the caller's thread; 'background' in a "
+                "thread of its own, many jobs per round trip.",
+                id="django_jobs.E004",
+            )
+        )
     limit = options.get("MAX_PAYLOAD_BYTES", DEFAULTS["MAX_PAYLOAD_BYTES"])
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0):
         messages.append(

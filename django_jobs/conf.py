@@ -73,6 +73,11 @@ DEFAULTS: dict[str, Any] = {
     # raises ValueError at once (None: no limit). Arguments live in Redis and
     # in the database while the job waits, so large data belongs elsewhere.
     "MAX_PAYLOAD_BYTES": 1024 * 1024,
+    # When .delay() pushes the job to Redis after the commit: "immediate" (in
+    # the caller's thread; the job is in Redis when .delay() returns outside
+    # atomic()) or "background" (a thread pushes many jobs per round trip;
+    # .delay() returns once the row is committed). See docs/performance.md.
+    "PUSH": "immediate",
     # Seconds a worker's heartbeat key must stay missing before its started
     # jobs count as orphaned (retried if attempts are left, else failed). A
     # dead worker's key expires about 70 s after its last heartbeat.
@@ -174,6 +179,10 @@ class JobsSettings:
     def max_payload_bytes(self) -> int | None:
         value = self._get("MAX_PAYLOAD_BYTES")
         return None if value is None else int(value)
+
+    @property
+    def push(self) -> str:
+        return str(self._get("PUSH"))
 
     @property
     def orphan_grace(self) -> float:

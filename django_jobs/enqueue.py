@@ -26,6 +26,7 @@ from redis.exceptions import RedisError
 from . import limits, records, uniqueness
 from .models import JobStatus
 from .payload import check_arguments, check_payload_size, to_jsonable
+from .pusher import pusher
 from .queues import default_result_ttl, get_queue, queue_config, uses_json
 
 if TYPE_CHECKING:
@@ -247,20 +248,9 @@ def enqueue(
     if run_at is not None:
         return JobHandle(job_id)  # the database holds it until the scheduler finds it due
     pending = _pending[job_id] = _PendingPush()
-    transaction.on_commit(
-        partial(
-            _push_unless_canceled,
-            pending,
-            job_id,
-            function.name,
-            queue_name,
-            list(args),
-            dict(kwargs),
-            options,
-            using,
-        ),
-        using=using,
-    )
+    after_commit = pusher.submit if conf.push == "background" else _push_unless_canceled
+    payload = (function.name, queue_name, list(args), dict(kwargs), options, using)
+    transaction.on_commit(partial(after_commit, pending, job_id, *payload), using=using)
     return JobHandle(job_id)
 
 
@@ -469,6 +459,7 @@ def push_many(
                         ttl=options.get("ttl"),
                         failure_ttl=options.get("failure_ttl"),
                         description=options.get("description"),
+                        meta=limits.rq_meta(func_name, options),
                     )
                     for _pending_push, job_id, args, kwargs, options in pushes
                 ],

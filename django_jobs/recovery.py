@@ -5,8 +5,9 @@ Three things can make Redis disagree with it, and each is repaired here:
 
 - a push that failed at enqueue (Redis was down): the row has
   ``needs_push``; :func:`push_pending` pushes it once Redis answers;
-- Redis restarted empty, or lost keys: :func:`reconcile` pushes every
-  ``queued`` or ``deferred`` row whose RQ job is gone, from its stored payload
+- Redis restarted empty, lost keys, or a worker took a job from its queue
+  and died before starting it: :func:`reconcile` pushes every ``queued`` or
+  ``deferred`` row whose job RQ no longer holds, from its stored payload
   (``scheduled`` rows need nothing: the database holds them);
 - a worker died mid-job (SIGKILL, OOM, a lost machine): its heartbeat key
   expires, and :func:`recover_orphans` gives the job's ``started`` row what a
@@ -26,7 +27,6 @@ from typing import Any
 
 from django.utils import timezone
 from redis import Redis
-from rq.job import Job
 from rq.worker import Worker as RQWorker
 
 from . import records
@@ -107,24 +107,51 @@ def _open_dependencies(row: dict[str, Any], using: str) -> dict[str, Any]:
     return options
 
 
-def _missing_in_redis(connection: Redis, job_ids: list[str]) -> list[str]:
-    with connection.pipeline(transaction=False) as pipeline:
-        for job_id in job_ids:
-            pipeline.exists(Job.key_for(job_id))
-        found = pipeline.execute()
-    return [job_id for job_id, exists in zip(job_ids, found, strict=True) if not exists]
+def _live_job_ids(queue_names: Iterable[str]) -> set[str]:
+    """Every job id RQ holds somewhere it will act on: queues, and started/deferred/scheduled registries.
+
+    Read in one transaction per Redis server, so that a job moving from one
+    place to the next (a worker taking it) is seen in one of them.
+    """
+    by_server: dict[int, list[Any]] = {}
+    for name in queue_names:
+        queue = get_queue(name)
+        by_server.setdefault(id(queue.connection), []).append(queue)
+    live: set[str] = set()
+    for queues in by_server.values():
+        with queues[0].connection.pipeline(transaction=True) as pipeline:
+            for queue in queues:
+                pipeline.lrange(queue.key, 0, -1)
+                pipeline.lrange(queue.intermediate_queue_key, 0, -1)
+                registries = (
+                    queue.started_job_registry,
+                    queue.deferred_job_registry,
+                    queue.scheduled_job_registry,
+                )
+                for registry in registries:
+                    pipeline.zrange(registry.key, 0, -1)
+            for members in pipeline.execute():
+                for member in members:
+                    text = member.decode() if isinstance(member, bytes) else str(member)
+                    live.add(text.split(":", 1)[0])  # started entries are "job_id:execution_id"
+    return live
 
 
 def reconcile(now: datetime | None = None, *, batch: int = 1000, dry_run: bool = False) -> list[str]:
-    """Push every waiting row (``queued``, ``deferred``) whose job Redis no longer has.
+    """Push every waiting row (``queued``, ``deferred``) whose job RQ no longer holds.
 
-    Rows enqueued in the last :data:`PUSH_GRACE` are skipped (their push may
-    be in flight). Returns the ids pushed (or that would be, with ``dry_run``).
+    "Holds" means in its queue, or in its started, deferred or scheduled
+    registry: a job whose data Redis lost, and a job a worker took from its
+    queue and died with before it started it, are both pushed again. Rows
+    enqueued in the last :data:`PUSH_GRACE` are skipped (their push may be in
+    flight). Returns the ids pushed (or that would be, with ``dry_run``).
     """
+    from .conf import conf
+
     now = now or timezone.now()
     using = records.db_alias()
-    connection = get_connection()
     pushed: list[str] = []
+    live = _live_job_ids(conf.queues)
     waiting = (
         JobRecord.objects.using(using)
         .filter(status__in=[JobStatus.QUEUED, JobStatus.DEFERRED], enqueued_at__lt=now - PUSH_GRACE)
@@ -139,7 +166,7 @@ def reconcile(now: datetime | None = None, *, batch: int = 1000, dry_run: bool =
         if not rows:
             break
         last = (rows[-1]["enqueued_at"], rows[-1]["pk"])
-        lost = set(_missing_in_redis(connection, [row["pk"] for row in rows]))
+        lost = {row["pk"] for row in rows if row["pk"] not in live}
         if lost:
             # Read again: a row may have moved on (started, canceled) since the page was read.
             still = set(

@@ -45,6 +45,9 @@ logger = logging.getLogger("django_jobs.worker")
 #: started jobs are recovered ``ORPHAN_GRACE`` later (see recovery.py).
 JOB_MONITORING_INTERVAL = 10
 
+#: Least seconds between two heartbeats (or looks at RQ's suspension flag) of a busy worker.
+HEARTBEAT_MIN_GAP = 1.0
+
 #: Least seconds between two looks at the spool of unwritten outcomes.
 SPOOL_CHECK_INTERVAL = 5.0
 
@@ -89,16 +92,29 @@ def _bare(signature: inspect.Signature) -> inspect.Signature:
     return signature.replace(parameters=parameters, return_annotation=empty)
 
 
+#: A connection kept across jobs is tested with a round trip when it sat idle this long.
+IDLE_CHECK_AFTER = 1.0
+
+_last_reset = float("-inf")
+
+
 def reset_database_connections() -> None:
     """Drop database connections that are broken or past ``CONN_MAX_AGE``.
 
     Django does this around each request; a worker does it around each job.
-    A persistent connection is also checked with a round trip, so that a
-    database restarted between two jobs costs a reconnect, not an error.
+    A persistent connection that sat idle for a second or more (or saw an
+    error) is also checked with a round trip, so that a database restarted
+    between two jobs costs a reconnect, not an error. Jobs that follow each
+    other closely skip that round trip; if their connection broke all the
+    same, the row writes are retried on a new one (see ``_write``).
     """
+    global _last_reset
+    now = time.monotonic()
+    idle, _last_reset = now - _last_reset, now
     for conn in connections.all(initialized_only=True):
+        check = conn.errors_occurred or idle >= IDLE_CHECK_AFTER
         conn.close_if_unusable_or_obsolete()
-        if conn.connection is not None and not conn.is_usable():
+        if check and conn.connection is not None and not conn.is_usable():
             conn.close()
 
 
@@ -197,6 +213,8 @@ class RecordingWorkerMixin:
     _pauses_read_at = float("-inf")
     _full_order: list[Queue] | None = None
     _job_error: BaseException | None = None
+    _beat_at = float("-inf")
+    _suspension_checked_at = float("-inf")
     _spool_backoff: spool.Backoff | None = None
     _admission: limits.Admission = limits.UNLIMITED
 
@@ -244,7 +262,27 @@ class RecordingWorkerMixin:
         # RQ lets a worker's key live 60 s past each beat (480 s when idle); a dead worker is
         # noticed only when its key expires, so keep it to three beats.
         cap = 3 * self.job_monitoring_interval  # type: ignore[attr-defined]
-        super().heartbeat(min(timeout or cap, cap), pipeline)  # type: ignore[misc]
+        timeout = min(timeout or cap, cap)
+        if pipeline is not None:  # rides on a round trip RQ makes anyway
+            super().heartbeat(timeout, pipeline)  # type: ignore[misc]
+            self._beat_at = time.monotonic()
+            return
+        # RQ beats up to three times per job, three commands each. The key lives 30 s: one
+        # beat a second is plenty, and one round trip carries it.
+        now = time.monotonic()
+        if now - self._beat_at < HEARTBEAT_MIN_GAP:
+            return
+        with self.connection.pipeline(transaction=False) as beat:  # type: ignore[attr-defined]
+            super().heartbeat(timeout, beat)  # type: ignore[misc]
+            beat.execute()
+        self._beat_at = now
+
+    def check_for_suspension(self, burst: bool) -> None:
+        # RQ reads the suspension flag before every job; once a second is soon enough.
+        now = time.monotonic()
+        if now - self._suspension_checked_at >= HEARTBEAT_MIN_GAP:
+            self._suspension_checked_at = now
+            super().check_for_suspension(burst)  # type: ignore[misc]
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         reset_database_connections()

@@ -101,11 +101,6 @@ def test_sigterm_lets_the_current_job_finish() -> None:
     assert (record.status, record.result) == ("finished", 3)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Known gap (docs/reliability.md): a job taken from Redis by a worker that dies before it "
-    "records the start stays queued; reconciliation finds its RQ job and does not push it again.",
-)
 def test_a_job_taken_by_a_worker_that_died_before_starting_it_still_runs(manage: Any) -> None:
     handle = add.delay(2, 3)
     _backdate(handle.id)
@@ -166,6 +161,28 @@ def test_redis_restarted_empty_loses_no_job(tmp_path: Path) -> None:
         for process in processes:
             terminate(process)
         own.stop()
+
+
+def test_a_forking_worker_outlives_a_redis_outage_during_a_job() -> None:
+    own = RedisServer().start()
+    queues = {name: {"URL": own.url} for name in ("default", "high", "low", "emails")}
+    worker = None
+    try:
+        with override_settings(RQ_QUEUES=queues):
+            handle = sleep_for.delay(5)
+            worker = start("rqworker", "default", "--name", "beats-through", env={"REDIS_URL": own.url})
+            wait_for(lambda: status(handle.id) == "started")
+            own.stop()
+            time.sleep(2.5)  # the worker's heartbeats (one a second) fail meanwhile
+            own.start()
+            wait_for(lambda: status(handle.id) == "finished")
+            assert worker.poll() is None  # still taking jobs
+    finally:
+        log = output_of(worker) if worker is not None else ""
+        own.stop()
+    assert "Heartbeat of worker beats-through failed (Redis unreachable)" in log
+    record = JobRecord.objects.get(pk=handle.id)
+    assert (record.attempts, record.result) == (1, 5)
 
 
 def test_rqreconcile_repairs_on_demand(manage: Any, redis: Any) -> None:
