@@ -43,14 +43,19 @@ return 0
 """
 
 
-def save(connection: Redis, step: str, **fields: Any) -> bool:
-    """Append one outcome to the spool; return False if Redis refused it too."""
+def encode(step: str, **fields: Any) -> str:
+    """One outcome as a line of JSON (datetimes as ISO strings)."""
     fields["step"] = step
     for key, value in fields.items():
         if isinstance(value, datetime):
             fields[key] = value.isoformat()
+    return json.dumps(fields, default=str)
+
+
+def save(connection: Redis, step: str, **fields: Any) -> bool:
+    """Append one outcome to the spool; return False if Redis refused it too."""
     try:
-        connection.rpush(SPOOL_KEY, json.dumps(fields, default=str))
+        connection.rpush(SPOOL_KEY, encode(step, **fields))
     except (RedisError, OSError):
         logger.exception("Could not keep the outcome %s of job %s in Redis either; it is lost.", step, fields)
         return False
@@ -61,7 +66,8 @@ def pending(connection: Redis) -> int:
     return int(connection.llen(SPOOL_KEY))
 
 
-def _apply(item: dict[str, Any]) -> None:
+def apply(item: dict[str, Any]) -> None:
+    """Write one kept outcome to its row (and push the job if its retry is due now)."""
     from . import records
 
     step = item["step"]
@@ -110,7 +116,7 @@ def drain(connection: Redis, limit: int = 10_000, lock_ttl: float = 30.0) -> int
                 item = None
             if item is not None:
                 try:
-                    _apply(item)
+                    apply(item)
                 except (DatabaseError, InterfaceError) as exc:
                     logger.warning(
                         "Database still unavailable (%s); %d outcome(s) wait.", exc, pending(connection)

@@ -10,12 +10,16 @@ between two jobs costs nothing but a reconnect.
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import math
+import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import IO, TYPE_CHECKING, Any
 
 from django.db import DatabaseError, InterfaceError, connections
 from django.utils import timezone
@@ -158,11 +162,21 @@ def _write(connection: Any, step: str, job_id: str, apply: Callable[[], Any], **
 
 
 def continue_after_failure(job_id: str, outcome: records.Outcome) -> None:
-    """Push a job whose retry is due at once (a scheduled retry waits for the scheduler loop)."""
-    if outcome.push_now and outcome.row is not None:
-        from .enqueue import push
+    """After a failed attempt that will be retried: push it now, or leave it to the scheduler loop.
 
-        row = outcome.row
+    The database holds the retry, so RQ's failed registry must not list the job meanwhile.
+    """
+    if not outcome.retrying or outcome.row is None:
+        return
+    from .enqueue import push
+    from .queues import get_queue
+
+    row = outcome.row
+    try:
+        get_queue(row["queue"]).failed_job_registry.remove(job_id)
+    except (RedisError, OSError):
+        logger.warning("Could not take job %s out of RQ's failed registry", job_id)
+    if outcome.push_now:
         args = (row["func_name"], row["queue"], row["args"], row["kwargs"], row["options"])
         push(job_id, *args, records.db_alias())
 
@@ -214,6 +228,9 @@ class RecordingWorkerMixin:
     _full_order: list[Queue] | None = None
     _job_error: BaseException | None = None
     _beat_at = float("-inf")
+    _state_written: str | None = None
+    _outbox_fd: int | None = None
+    _started_by_parent: str | None = None
     _suspension_checked_at = float("-inf")
     _spool_backoff: spool.Backoff | None = None
     _admission: limits.Admission = limits.UNLIMITED
@@ -277,6 +294,14 @@ class RecordingWorkerMixin:
             beat.execute()
         self._beat_at = now
 
+    def set_state(self, state: str, pipeline: Any = None) -> None:
+        # RQ writes "idle" both after a job and before the next dequeue: once is enough.
+        if pipeline is None and state == self._state_written:
+            self._state = state
+            return
+        super().set_state(state, pipeline)  # type: ignore[misc]
+        self._state_written = state
+
     def check_for_suspension(self, burst: bool) -> None:
         # RQ reads the suspension flag before every job; once a second is soon enough.
         now = time.monotonic()
@@ -313,12 +338,20 @@ class RecordingWorkerMixin:
         except (RedisError, OSError):
             logger.warning("Could not renew the concurrency slot of job %s; trying again", job.id)
 
+    def _record(self, step: str, job_id: str, apply: Callable[[], Any], **fields: Any) -> Any:
+        """Write one step of a job to its row; in a work-horse, hand it to the parent instead."""
+        if self._outbox_fd is not None:
+            os.write(self._outbox_fd, (spool.encode(step, job_id=job_id, **fields) + "\n").encode())
+            return None
+        return _write(self.connection, step, job_id, apply, **fields)  # type: ignore[attr-defined]
+
     def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
         super().prepare_job_execution(job, remove_from_intermediate_queue)  # type: ignore[misc]
+        if self._started_by_parent == job.id:
+            return  # the forking worker wrote the start before the fork
         # After RQ marked it started in Redis: a row that says "started" can be stopped.
         at = timezone.now()
-        _write(
-            self.connection,  # type: ignore[attr-defined]
+        self._record(
             "started",
             job.id,
             lambda: records.mark_started(job, self.name, at),
@@ -334,8 +367,7 @@ class RecordingWorkerMixin:
         if job.serializer is not JSONSerializer:
             result = to_jsonable(result)  # pickled results may be any object; the row keeps a text form
         at = timezone.now()
-        _write(
-            self.connection,  # type: ignore[attr-defined]
+        self._record(
             "finished",
             job.id,
             lambda: records.mark_finished(job.id, result, at),
@@ -366,8 +398,7 @@ class RecordingWorkerMixin:
             message = exc_string or "Stopped on request."
         types = retries.error_types(error)
         at = timezone.now()
-        outcome = _write(
-            self.connection,  # type: ignore[attr-defined]
+        outcome = self._record(
             "failed",
             job.id,
             lambda: records.mark_attempt_failed(job.id, message, error_types=types, stopped=stopped, at=at),
@@ -376,9 +407,7 @@ class RecordingWorkerMixin:
             stopped=stopped,
             at=at,
         )
-        if outcome is not None and outcome.status in (JobStatus.QUEUED, JobStatus.SCHEDULED):
-            # The database holds the retry: RQ's failed registry must not list the job meanwhile.
-            queue.failed_job_registry.remove(job)
+        if outcome is not None:
             continue_after_failure(job.id, outcome)
 
     def handle_job_retry(
@@ -389,8 +418,7 @@ class RecordingWorkerMixin:
         status: str = _requeued_status(job)
         if job.get_status(refresh=False) == RQJobStatus.FAILED:
             status, message = JobStatus.FAILED, message + " No retries left."
-        _write(
-            self.connection,  # type: ignore[attr-defined]
+        self._record(
             "error",
             job.id,
             lambda: records.mark_failed(job.id, message, status),
@@ -426,10 +454,41 @@ class Worker(RecordingWorkerMixin, RQWorker):
         kwargs.setdefault("job_monitoring_interval", JOB_MONITORING_INTERVAL)
         super().__init__(*args, **kwargs)
 
+    _outbox: IO[bytes] | None = None
+
     def fork_work_horse(self, job: Job, queue: Queue) -> None:
-        # A connection must never be shared between the parent and the child.
-        connections.close_all()
+        # The worker writes the job's row, on its own (kept) connection: the start now, the
+        # end from what the work-horse hands back in a file. The work-horse then needs no
+        # database connection of its own, unless the job itself uses the database.
+        with self.connection.pipeline() as pipeline:
+            # What the work-horse would mark in Redis in a moment, marked now: a row that says
+            # "started" must be one that handle.stop() can reach (it needs the worker's name).
+            job.prepare_for_execution(self.name, pipeline)
+            pipeline.execute()
+        at = timezone.now()
+        _write(
+            self.connection,
+            "started",
+            job.id,
+            lambda: records.mark_started(job, self.name, at),
+            worker_name=self.name,
+            at=at,
+        )
+        self._started_by_parent = job.id
+        self._outbox = tempfile.TemporaryFile()  # noqa: SIM115 (closed in _apply_outbox)
         super().fork_work_horse(job, queue)
+
+    def main_work_horse(self, job: Job, queue: Queue) -> None:
+        # In the child, just forked. A connection must never be used by both processes: drop
+        # the inherited ones without closing them (closing would end the parent's session);
+        # the child opens its own if the job needs one, and ends with os._exit().
+        for conn in connections.all(initialized_only=True):
+            if conn.connection is not None:
+                _inherited.append(conn.connection)
+                conn.connection = None
+        if self._outbox is not None:
+            self._outbox_fd = self._outbox.fileno()
+        super().main_work_horse(job, queue)
 
     def perform_job(self, job: Job, queue: Queue, execution: Execution) -> bool:
         try:
@@ -437,6 +496,33 @@ class Worker(RecordingWorkerMixin, RQWorker):
         finally:
             if self.is_horse:
                 connections.close_all()
+
+    def monitor_work_horse(self, job: Job, queue: Queue, execution: Execution) -> None:
+        try:
+            super().monitor_work_horse(job, queue, execution)
+        finally:
+            # Outside RQ's watch over the work-horse: its alarm must not cut the writes short.
+            self._apply_outbox()
+
+    def _apply_outbox(self) -> None:
+        """Write the steps the work-horse handed back (end, error, retry) to the job's row."""
+        outbox, self._outbox, self._started_by_parent = self._outbox, None, None
+        if outbox is None:
+            return
+        with outbox:
+            outbox.seek(0)
+            lines = outbox.read().splitlines()
+        for line in lines:
+            item = json.loads(line)
+            fields = {key: value for key, value in item.items() if key not in ("step", "job_id")}
+            try:
+                _write(self.connection, item["step"], item["job_id"], partial(spool.apply, item), **fields)
+            except Exception:  # never lose the worker over one write; the scheduler repairs the row
+                logger.exception("Could not record %s of job %s", item["step"], item["job_id"])
+
+
+#: Connections a work-horse inherited from its worker: kept referenced, never closed.
+_inherited: list[Any] = []
 
 
 class SimpleWorker(RecordingWorkerMixin, RQSimpleWorker):
@@ -451,23 +537,31 @@ class SimpleWorker(RecordingWorkerMixin, RQSimpleWorker):
         # the job runs; this one beats from a thread (below), so a dead one is noticed sooner.
         return RQWorker.get_heartbeat_ttl(self, job, working_time)
 
+    _running: tuple[Job, Execution, float] | None = None
+    _beater: threading.Thread | None = None
+
     def perform_job(self, job: Job, queue: Queue, execution: Execution) -> bool:
-        stop = threading.Event()
-
-        def beat() -> None:
-            while not stop.wait(self.job_monitoring_interval):
-                try:
-                    self.maintain_heartbeats(job, execution)
-                except (RedisError, OSError):
-                    logger.warning("Heartbeat of worker %s failed; trying again", self.name)
-
-        beater = threading.Thread(target=beat, name=f"heartbeat-{job.id}", daemon=True)
-        beater.start()
+        if self._beater is None or not self._beater.is_alive():
+            self._beater = threading.Thread(target=self._beat_while_running, name="heartbeat", daemon=True)
+            self._beater.start()
+        self._running = (job, execution, time.monotonic())
         try:
             return super().perform_job(job, queue, execution)
         finally:
-            stop.set()
-            beater.join()
+            self._running = None
+
+    def _beat_while_running(self) -> None:
+        """Beat for a job that runs longer than a heartbeat interval (one thread per worker)."""
+        interval = self.job_monitoring_interval
+        while True:
+            time.sleep(interval / 2)
+            running = self._running
+            if running is None or time.monotonic() - running[2] < interval / 2:
+                continue
+            try:
+                self.maintain_heartbeats(running[0], running[1])
+            except (RedisError, OSError):
+                logger.warning("Heartbeat of worker %s failed; trying again", self.name)
 
 
 def run_job_in_process(worker: SimpleWorker, job: Job, queue: Queue) -> None:
