@@ -29,7 +29,7 @@ from django.utils import timezone
 from redis import Redis
 from rq.worker import Worker as RQWorker
 
-from . import records
+from . import records, spool
 from .enqueue import push
 from .models import FINAL_STATUSES, JobDependency, JobRecord, JobStatus
 from .queues import get_connection, get_queue
@@ -134,6 +134,9 @@ def _live_job_ids(queue_names: Iterable[str]) -> set[str]:
                 for member in members:
                     text = member.decode() if isinstance(member, bytes) else str(member)
                     live.add(text.split(":", 1)[0])  # started entries are "job_id:execution_id"
+    # Read after the registries: a job that ended while the database was away has left them,
+    # and its outcome waits in the spool. It ran; pushing it again would run it twice.
+    live |= spool.job_ids(get_connection())
     return live
 
 
@@ -141,8 +144,9 @@ def reconcile(now: datetime | None = None, *, batch: int = 1000, dry_run: bool =
     """Push every waiting row (``queued``, ``deferred``) whose job RQ no longer holds.
 
     "Holds" means in its queue, or in its started, deferred or scheduled
-    registry: a job whose data Redis lost, and a job a worker took from its
-    queue and died with before it started it, are both pushed again. Rows
+    registry, or with an outcome waiting in the spool: a job whose data Redis
+    lost, and a job a worker took from its queue and died with before it
+    started it, are both pushed again. Rows
     enqueued in the last :data:`PUSH_GRACE` are skipped (their push may be in
     flight). Returns the ids pushed (or that would be, with ``dry_run``).
     """

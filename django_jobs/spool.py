@@ -66,6 +66,17 @@ def pending(connection: Redis) -> int:
     return int(connection.llen(SPOOL_KEY))
 
 
+def job_ids(connection: Redis) -> set[str]:
+    """The jobs with outcomes waiting here: they ran, and only their rows are behind."""
+    found: set[str] = set()
+    for raw in connection.lrange(SPOOL_KEY, 0, -1):
+        try:
+            found.add(str(json.loads(raw)["job_id"]))
+        except (ValueError, KeyError, TypeError):
+            continue  # drain() reports and drops unreadable items
+    return found
+
+
 def apply(item: dict[str, Any]) -> None:
     """Write one kept outcome to its row (and push the job if its retry is due now)."""
     from . import records

@@ -15,7 +15,7 @@ import pytest
 from django.test.utils import override_settings
 from django.utils import timezone
 
-from django_jobs import get_queue
+from django_jobs import get_queue, recovery, spool
 from django_jobs.models import JobRecord
 from django_jobs.testing import RedisServer
 from tests.conftest import terminate, wait_for
@@ -234,3 +234,22 @@ def test_outcomes_survive_a_database_outage() -> None:
     record = JobRecord.objects.get(pk=second.id)
     assert (record.result, record.attempts, record.worker_name) == (4, 1, "through-the-outage")
     assert record.started_at is not None and record.ended_at >= record.started_at
+
+
+def test_a_job_whose_outcome_waits_in_redis_is_not_pushed_again(redis: Any) -> None:
+    handle = add.delay(2, 3)
+    _backdate(handle.id)
+    queue = get_queue("default")
+    # A worker took it and ran it while the database was unavailable: RQ keeps it as finished
+    # only, the row still says queued, and the start and the end wait in Redis.
+    assert queue.connection.lpop(queue.key).decode() == handle.id
+    queue.finished_job_registry.add(queue.fetch_job(handle.id), ttl=500)
+    at = timezone.now()
+    spool.save(redis, "started", job_id=handle.id, worker_name="during-the-outage", at=at)
+    spool.save(redis, "finished", job_id=handle.id, result=5, at=at)
+
+    assert recovery.reconcile() == []  # it ran: pushing it again would run it twice
+    assert queue.count == 0
+    assert spool.drain(redis) == 2
+    record = JobRecord.objects.get(pk=handle.id)
+    assert (record.status, record.result, record.attempts) == ("finished", 5, 1)
