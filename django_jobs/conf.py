@@ -80,7 +80,8 @@ DEFAULTS: dict[str, Any] = {
     "PUSH": "immediate",
     # Seconds a worker's heartbeat key must stay missing before its started
     # jobs count as orphaned (retried if attempts are left, else failed). A
-    # dead worker's key expires about 70 s after its last heartbeat.
+    # killed worker's key expires 3 heartbeats (30 s) after its last one; RQ
+    # keeps the key of a worker that stopped for 60 s.
     "ORPHAN_GRACE": 20,
 }
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from django.utils import timezone
 from redis import Redis
+from rq.job import Job
 from rq.worker import Worker as RQWorker
 
 from . import records, spool
@@ -241,6 +242,8 @@ class OrphanWatch:
         by_worker: dict[str, list[str]] = {}
         for job_id, worker in started.values_list("pk", "worker_name"):
             by_worker.setdefault(worker, []).append(job_id)
+        for job_id, worker in _started_in_rq_only(connection, now - timedelta(seconds=self.grace)):
+            by_worker.setdefault(worker, []).append(job_id)
         if not by_worker:
             self.missing_since.clear()
             return []
@@ -252,6 +255,34 @@ class OrphanWatch:
             for job_id in by_worker[worker]:
                 recover_orphan(connection, job_id, worker)
         return orphans
+
+
+def _started_in_rq_only(connection: Redis, before: datetime) -> list[tuple[str, str]]:
+    """(job id, worker) of jobs RQ marked started whose rows still wait (the worker died in between)."""
+    from .conf import conf
+
+    running: set[str] = set()
+    for name in conf.queues:
+        for member in get_queue(name).connection.zrange(get_queue(name).started_job_registry.key, 0, -1):
+            running.add((member.decode() if isinstance(member, bytes) else str(member)).split(":", 1)[0])
+    if not running:
+        return []
+    waiting = list(
+        JobRecord.objects.using(records.db_alias())
+        .filter(pk__in=running, status__in=[JobStatus.QUEUED, JobStatus.DEFERRED], enqueued_at__lt=before)
+        .values_list("pk", flat=True)
+    )
+    if not waiting:
+        return []
+    with connection.pipeline(transaction=False) as pipeline:
+        for job_id in waiting:
+            pipeline.hget(Job.key_for(job_id), "worker_name")
+        workers = pipeline.execute()
+    return [
+        (job_id, worker.decode() if isinstance(worker, bytes) else worker)
+        for job_id, worker in zip(waiting, workers, strict=True)
+        if worker
+    ]
 
 
 def recover_orphan(connection: Redis, job_id: str, worker: str) -> records.Outcome:

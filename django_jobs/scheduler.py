@@ -356,6 +356,11 @@ class Scheduler:
                 logger.warning("Scheduler %s: Redis has lost its data (or is new); reconciling.", self.name)
             pushed += recovery.reconcile(now)
             self.reconciled_at = time.monotonic()
+            if lost:
+                # Rows enqueued just before the loss were left alone (their push might have been
+                # in flight): look at them again once that grace is over, not in RECONCILE_INTERVAL.
+                grace = recovery.PUSH_GRACE.total_seconds() + 1
+                self.reconciled_at -= max(0.0, conf.reconcile_interval - grace)
         return {"pushed": len(pushed), "orphans": len(self.orphans.recover(now))}
 
     def prune(self, now: datetime) -> int:

@@ -253,3 +253,27 @@ def test_a_job_whose_outcome_waits_in_redis_is_not_pushed_again(redis: Any) -> N
     assert spool.drain(redis) == 2
     record = JobRecord.objects.get(pk=handle.id)
     assert (record.status, record.result, record.attempts) == ("finished", 5, 1)
+
+
+def test_a_worker_that_died_between_rqs_start_and_the_rows_is_caught(tmp_path: Path) -> None:
+    from tests.testapp.jobs import flaky
+
+    handle = flaky.delay(str(tmp_path / "calls"))
+    _backdate(handle.id)
+    queue = get_queue("emails")
+    # A worker took it and RQ marked it started; the worker died before the row said so.
+    job = queue.fetch_job(handle.id)
+    assert queue.connection.lpop(queue.key).decode() == handle.id
+    with queue.connection.pipeline() as pipeline:
+        job.prepare_for_execution("ghost", pipeline)
+        pipeline.execute()
+    queue.connection.zadd(queue.started_job_registry.key, {f"{handle.id}:run-1": time.time() + 600})
+    assert status(handle.id) == "queued"
+
+    watch = recovery.OrphanWatch(grace=0)
+    assert watch.recover() == [handle.id]
+    record = JobRecord.objects.get(pk=handle.id)
+    assert (record.status, record.attempts) == ("queued", 1)  # flaky has retries left
+    assert record.error_history[0]["error"].startswith("Worker ghost died while running this job")
+    assert queue.get_job_ids() == [handle.id]  # pushed again
+    assert watch.recover() == []
