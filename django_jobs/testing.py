@@ -142,11 +142,15 @@ def run_burst(queues: list[str] | None = None, **worker_kwargs: Any) -> bool:
     """Run every queued job now in this process with a SimpleWorker; return whether any ran.
 
     Meant for tests that use real Redis; the rows must be committed (for
-    pytest-django, ``@pytest.mark.django_db(transaction=True)``).
+    pytest-django, ``@pytest.mark.django_db(transaction=True)``). Pushes
+    still waiting in the background (``DJANGO_JOBS["PUSH"] = "background"``)
+    are made first.
     """
+    from .pusher import flush
     from .queues import get_connection, get_queues, queue_names, resolve_serializer
     from .worker import SimpleWorker
 
+    flush(timeout=None)
     names = queues or queue_names()
     worker = SimpleWorker(
         get_queues(names),

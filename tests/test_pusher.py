@@ -73,3 +73,11 @@ def test_push_mode_is_checked(settings: Any) -> None:
     messages = check_options()
     assert [m.id for m in messages] == ["django_jobs.E004"]
     assert "'immediate' or 'background'" in messages[0].msg
+
+
+def test_run_burst_waits_for_background_pushes() -> None:
+    from django_jobs.testing import run_burst
+
+    handles = [add.delay(n, 2) for n in range(20)]
+    assert run_burst(["default"]) is True
+    assert [h.result for h in handles] == [n + 2 for n in range(20)]
