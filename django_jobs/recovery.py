@@ -108,8 +108,9 @@ def _open_dependencies(row: dict[str, Any], using: str) -> dict[str, Any]:
     return options
 
 
-def _live_job_ids(queue_names: Iterable[str]) -> set[str]:
-    """Every job id RQ holds somewhere it will act on: queues, and started/deferred/scheduled registries.
+def _job_ids_in(queue_names: Iterable[str], *, started_only: bool = False) -> set[str]:
+    """Job ids RQ holds for these queues: in the queues and their started, deferred and
+    scheduled registries (``started_only``: the started registries alone).
 
     Read in one transaction per Redis server, so that a job moving from one
     place to the next (a worker taking it) is seen in one of them.
@@ -118,27 +119,29 @@ def _live_job_ids(queue_names: Iterable[str]) -> set[str]:
     for name in queue_names:
         queue = get_queue(name)
         by_server.setdefault(id(queue.connection), []).append(queue)
-    live: set[str] = set()
+    found: set[str] = set()
     for queues in by_server.values():
         with queues[0].connection.pipeline(transaction=True) as pipeline:
             for queue in queues:
-                pipeline.lrange(queue.key, 0, -1)
-                pipeline.lrange(queue.intermediate_queue_key, 0, -1)
-                registries = (
-                    queue.started_job_registry,
-                    queue.deferred_job_registry,
-                    queue.scheduled_job_registry,
-                )
-                for registry in registries:
-                    pipeline.zrange(registry.key, 0, -1)
+                pipeline.zrange(queue.started_job_registry.key, 0, -1)
+                if not started_only:
+                    pipeline.lrange(queue.key, 0, -1)
+                    pipeline.lrange(queue.intermediate_queue_key, 0, -1)
+                    pipeline.zrange(queue.deferred_job_registry.key, 0, -1)
+                    pipeline.zrange(queue.scheduled_job_registry.key, 0, -1)
             for members in pipeline.execute():
                 for member in members:
                     text = member.decode() if isinstance(member, bytes) else str(member)
-                    live.add(text.split(":", 1)[0])  # started entries are "job_id:execution_id"
+                    found.add(text.split(":", 1)[0])  # started entries are "job_id:execution_id"
+    return found
+
+
+def _live_job_ids(queue_names: Iterable[str]) -> set[str]:
+    """Every job id RQ holds somewhere it will act on, or whose outcome waits in the spool."""
+    live = _job_ids_in(queue_names)
     # Read after the registries: a job that ended while the database was away has left them,
     # and its outcome waits in the spool. It ran; pushing it again would run it twice.
-    live |= spool.job_ids(get_connection())
-    return live
+    return live | spool.job_ids(get_connection())
 
 
 def reconcile(now: datetime | None = None, *, batch: int = 1000, dry_run: bool = False) -> list[str]:
@@ -261,10 +264,7 @@ def _started_in_rq_only(connection: Redis, before: datetime) -> list[tuple[str, 
     """(job id, worker) of jobs RQ marked started whose rows still wait (the worker died in between)."""
     from .conf import conf
 
-    running: set[str] = set()
-    for name in conf.queues:
-        for member in get_queue(name).connection.zrange(get_queue(name).started_job_registry.key, 0, -1):
-            running.add((member.decode() if isinstance(member, bytes) else str(member)).split(":", 1)[0])
+    running = _job_ids_in(conf.queues, started_only=True)
     if not running:
         return []
     waiting = list(
