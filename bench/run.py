@@ -157,7 +157,8 @@ def worker_main(spec: dict[str, Any]) -> int:
     from rq.serializers import JSONSerializer
 
     config = json.loads(os.environ[ENV_CONFIG])
-    system, simple = spec["system"], spec["worker"] == "simple"
+    # "batch": django_jobs' BatchWorker; plain RQ and django-rq have none and use SimpleWorker.
+    system, simple = spec["system"], spec["worker"] in ("simple", "batch")
     make: Callable[[type[Any]], Any]
     if system == "plain":
         from rq import Queue, SimpleWorker, Worker
@@ -186,6 +187,10 @@ def worker_main(spec: dict[str, Any]) -> int:
 
         jobs_queues = get_queues([QUEUE_NAMES["jobs"]])
         cls = jobs_worker.SimpleWorker if simple else jobs_worker.Worker
+        if spec["worker"] == "batch":
+            from django_jobs.batching import BatchWorker
+
+            cls = BatchWorker
 
         def make(cls: type[Any]) -> Any:
             return cls(jobs_queues, connection=jobs_queues[0].connection, serializer=resolve_serializer())
@@ -538,6 +543,13 @@ class Bench:
             ("simple", "SimpleWorker", self.args.drain_jobs, 1),
             ("fork", "forking Worker", self.args.fork_jobs, 1),
             ("simple", f"{self.args.procs} SimpleWorker processes", self.args.drain_jobs, self.args.procs),
+            ("batch", "BatchWorker (plain: Simple)", self.args.drain_jobs, 1),
+            (
+                "batch",
+                f"{self.args.procs} BatchWorkers (plain: Simple)",
+                self.args.drain_jobs,
+                self.args.procs,
+            ),
         ]
         for worker, title, count, procs in plans:
             print(f"drain: {title}, {count} no-op jobs, {repeat} runs", flush=True)
@@ -812,6 +824,10 @@ def apply_targets(rows: list[Row]) -> None:
         elif row.key.startswith("enqueue.bulk."):
             row.target = ">= 4,000/s"
             row.met = jobs >= 4000
+        elif row.key.startswith("drain.batch."):
+            # Same number of processes on both sides: the ratio is also the ratio per core.
+            row.target = ">= 2x plain rq, per core"
+            row.met = row.ratio is not None and row.ratio >= 2
         elif row.key.startswith("drain."):
             row.target = ">= 0.9x plain rq"
             row.met = row.ratio is not None and row.ratio >= 0.9

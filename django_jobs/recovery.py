@@ -137,8 +137,13 @@ def _job_ids_in(queue_names: Iterable[str], *, started_only: bool = False) -> se
 
 
 def _live_job_ids(queue_names: Iterable[str]) -> set[str]:
-    """Every job id RQ holds somewhere it will act on, or whose outcome waits in the spool."""
+    """Every job id RQ holds somewhere it will act on, that a batch worker took ahead, or
+    whose outcome waits in the spool."""
+    from .batching import claimed_job_ids
+
     live = _job_ids_in(queue_names)
+    # Read after the queues: a job a batch worker takes moves from its queue to its list.
+    live |= claimed_job_ids(get_connection())
     # Read after the registries: a job that ended while the database was away has left them,
     # and its outcome waits in the spool. It ran; pushing it again would run it twice.
     return live | spool.job_ids(get_connection())
@@ -235,7 +240,10 @@ class OrphanWatch:
         return dead
 
     def recover(self, now: datetime | None = None, *, dry_run: bool = False) -> list[str]:
-        """Handle the rows of dead workers; return their ids."""
+        """Handle the rows of dead workers, and give back the jobs that dead batch workers had
+        taken ahead (to the front of their queue); return the ids of both."""
+        from .batching import claimed_key, claimers, release_claims
+
         now = now or timezone.now()
         using = records.db_alias()
         connection = get_connection()
@@ -247,17 +255,24 @@ class OrphanWatch:
             by_worker.setdefault(worker, []).append(job_id)
         for job_id, worker in _started_in_rq_only(connection, now - timedelta(seconds=self.grace)):
             by_worker.setdefault(worker, []).append(job_id)
-        if not by_worker:
+        holding = claimers(connection)
+        if not by_worker and not holding:
             self.missing_since.clear()
             return []
-        dead = self.dead_workers(connection, by_worker)
-        orphans = [job_id for worker in sorted(dead) for job_id in by_worker[worker]]
+        dead = self.dead_workers(connection, {*by_worker, *holding})
+        orphans = [job_id for worker in sorted(dead) for job_id in by_worker.get(worker, [])]
+        given_back = []
+        for worker in sorted(dead.intersection(holding)):
+            ids = connection.lrange(claimed_key(worker), 0, -1)
+            given_back += [job_id.decode() if isinstance(job_id, bytes) else job_id for job_id in ids]
+            if not dry_run and release_claims(connection, worker):
+                logger.warning("Gave back %d job(s) that dead worker %s had taken ahead", len(ids), worker)
         if dry_run:
-            return orphans
+            return orphans + given_back
         for worker in sorted(dead):
-            for job_id in by_worker[worker]:
+            for job_id in by_worker.get(worker, []):
                 recover_orphan(connection, job_id, worker)
-        return orphans
+        return orphans + given_back
 
 
 def _started_in_rq_only(connection: Redis, before: datetime) -> list[tuple[str, str]]:

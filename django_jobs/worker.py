@@ -209,6 +209,13 @@ def describe_failure(job: Job, exc_string: str, error: BaseException | None) -> 
     return exc_string
 
 
+def row_result(job: Job) -> Any:
+    """What the row keeps of a job's return value."""
+    if job.serializer is JSONSerializer:
+        return job._result
+    return to_jsonable(job._result)  # pickled results may be any object; the row keeps a text form
+
+
 def _requeued_status(job: Job) -> str:
     """The row status of a job RQ put back: at once (queued) or after an interval (scheduled)."""
     scheduled = job.get_status(refresh=False) == RQJobStatus.SCHEDULED
@@ -363,9 +370,7 @@ class RecordingWorkerMixin:
         self, job: Job, queue: Queue, started_job_registry: Any, execution: Execution
     ) -> None:
         super().handle_job_success(job, queue, started_job_registry, execution)  # type: ignore[misc]
-        result = job._result
-        if job.serializer is not JSONSerializer:
-            result = to_jsonable(result)  # pickled results may be any object; the row keeps a text form
+        result = row_result(job)
         at = timezone.now()
         self._record(
             "finished",
@@ -573,4 +578,5 @@ WORKER_CLASS_ALIASES: dict[str, str] = {
     "fork": "django_jobs.worker.Worker",
     "worker": "django_jobs.worker.Worker",
     "simple": "django_jobs.worker.SimpleWorker",
+    "batch": "django_jobs.batching.BatchWorker",
 }

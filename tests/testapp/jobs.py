@@ -253,3 +253,39 @@ def fault_retrying(log_path: str, marker_path: str, key: str, failures: int) -> 
         raise RuntimeError(f"{key}: call {call} fails on purpose")
     _log_execution(log_path, key, "done")
     return key
+
+
+# -- for the batch worker -----------------------------------------------------------------
+
+
+@job
+def note(log_key: str, value: str) -> str:
+    """Append ``value`` to a Redis list: the order jobs ran in, and how often each ran."""
+    _note(log_key, value)
+    return value
+
+
+@job
+def cancels(job_id: str) -> str:
+    """Cancel another job (one the batch worker has taken ahead) from inside a job."""
+    from django_jobs import JobHandle
+
+    JobHandle(job_id).cancel()
+    return job_id
+
+
+@job
+def queue_length_after(seconds: float, queue: str) -> int:
+    """Sleep, then return how many jobs wait in ``queue`` (given back by a batch worker or not)."""
+    from django_jobs import get_queue
+
+    time.sleep(seconds)
+    return len(get_queue(queue))
+
+
+@job
+def kills_own_worker() -> None:
+    """SIGKILL the process that runs this job: a batch worker dying with jobs taken ahead."""
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -16,6 +16,7 @@ from django.db import connections
 from django.utils.module_loading import import_string
 from redis.exceptions import RedisError
 
+from django_jobs.batching import BATCH_SIZE, BatchWorker
 from django_jobs.conf import conf
 from django_jobs.queues import UnknownQueueError, get_queues, resolve_serializer
 from django_jobs.worker import WORKER_CLASS_ALIASES, RecordingWorkerMixin
@@ -33,7 +34,7 @@ def load_worker_class(value: str) -> type[Any]:
     except ImportError as exc:
         raise CommandError(
             f"--worker-class {value!r} cannot be imported ({exc}). Use 'fork' (the default), "
-            "'simple', or the dotted path of a subclass of django_jobs.worker.Worker."
+            "'simple', 'batch', or the dotted path of a subclass of django_jobs.worker.Worker."
         ) from None
     if not (isinstance(cls, type) and issubclass(cls, BaseWorker)):
         raise CommandError(f"--worker-class {value!r} is not an RQ worker class.")
@@ -65,7 +66,16 @@ class Command(BaseCommand):
         parser.add_argument(
             "--worker-class",
             default=None,
-            help="'fork' (RQ's forking Worker, the default), 'simple' (SimpleWorker), or a dotted path.",
+            help="'fork' (RQ's forking Worker, the default), 'simple' (SimpleWorker), 'batch' "
+            "(BatchWorker: a SimpleWorker that takes several jobs at a time), or a dotted path.",
+        )
+        parser.add_argument(
+            "--batch-size",
+            type=int,
+            default=None,
+            metavar="N",
+            help="With --worker-class batch (implied): the most jobs taken from a queue at once "
+            f"(default {BATCH_SIZE}).",
         )
         parser.add_argument("--max-jobs", type=int, default=None, help="Exit after this many jobs.")
         parser.add_argument(
@@ -99,7 +109,13 @@ class Command(BaseCommand):
             queues = get_queues(names)
         except UnknownQueueError as exc:
             raise CommandError(str(exc)) from None
-        for number_option in ("max_jobs", "max_idle_time", "worker_ttl", "job_monitoring_interval"):
+        for number_option in (
+            "max_jobs",
+            "max_idle_time",
+            "worker_ttl",
+            "job_monitoring_interval",
+            "batch_size",
+        ):
             value = options[number_option]
             if value is not None and value <= 0:
                 raise CommandError(
@@ -107,7 +123,14 @@ class Command(BaseCommand):
                 )
         if options["pool"] < 1:
             raise CommandError(f"--pool must be 1 or more, not {options['pool']}.")
-        worker_class = load_worker_class(options["worker_class"] or conf.worker_class)
+        batch_size = options["batch_size"]
+        default_class = "batch" if batch_size is not None else conf.worker_class
+        worker_class = load_worker_class(options["worker_class"] or default_class)
+        if batch_size is not None and not issubclass(worker_class, BatchWorker):
+            raise CommandError(
+                f"--batch-size applies to the batch worker only, not to {worker_class.__name__}: "
+                "use --worker-class batch (or leave --worker-class out)."
+            )
         connection = queues[0].connection
         kwargs = connection.connection_pool.connection_kwargs
         for queue in queues[1:]:
@@ -134,6 +157,7 @@ class Command(BaseCommand):
             name=options["name"],
             serializer=resolve_serializer(),
             worker_ttl=options["worker_ttl"],
+            **({"batch_size": batch_size} if batch_size is not None else {}),
             **(
                 {"job_monitoring_interval": options["job_monitoring_interval"]}
                 if options["job_monitoring_interval"]
@@ -186,6 +210,7 @@ class Command(BaseCommand):
             "max_idle_time",
             "worker_ttl",
             "job_monitoring_interval",
+            "batch_size",
             "dequeue_strategy",
             "logging_level",
         ):
