@@ -186,7 +186,7 @@ class BatchWorker(SimpleWorker):
                 continue
             job = self.job_class(job_id, connection=self.connection, serializer=self.serializer)
             job.restore(dict(zip(fields[::2], fields[1::2], strict=True)))
-            job.redis_server_version = self.get_redis_server_version()
+            job.redis_server_version = self.get_redis_server_version()  # type: ignore[no-untyped-call]
             taken.append((job, queue))
         with self._claims_lock:
             self._ahead.extend(taken)
@@ -316,7 +316,7 @@ class BatchWorker(SimpleWorker):
             if status is None:
                 pipe.delete(job.key)  # the start wrote a few fields of a job that is gone
             else:
-                job.set_status(status, pipeline=pipe)
+                job.set_status(RQJobStatus(status), pipeline=pipe)
             pipe.execute()
         logger.info(
             "Job %s was %s while it waited in worker %s: skipped", job.id, status or "deleted", self.name
@@ -327,7 +327,7 @@ class BatchWorker(SimpleWorker):
             super().prepare_job_execution(job, remove_from_intermediate_queue)
             return
         self._started_here = None
-        self.procline(f"Processing {job.func_name} from {job.origin} since {time.time()}")
+        self.procline(f"Processing {job.func_name} from {job.origin} since {time.time()}")  # type: ignore[no-untyped-call]
 
     def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int) -> None:
         # RQ writes the job's last heartbeat here; the job's hash is saved whole right after
@@ -433,4 +433,4 @@ class BatchWorker(SimpleWorker):
                 "once this worker's heartbeat key has expired",
                 self.name,
             )
-        super().teardown()
+        super().teardown()  # type: ignore[no-untyped-call]
