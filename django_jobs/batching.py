@@ -49,7 +49,7 @@ from rq.utils import utcformat
 from rq.worker import WorkerStatus
 
 from . import records
-from .worker import HEARTBEAT_MIN_GAP, SimpleWorker, _write, row_result
+from .worker import HEARTBEAT_MIN_GAP, SimpleWorker, _spooled, _write, row_result
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -240,7 +240,9 @@ class BatchWorker(SimpleWorker):
 
     def _write_rows(self) -> None:
         rows, self._rows = self._rows, []
-        if len(rows) > 1:
+        # A job with a write kept in the spool (database outage) has its next ones queue up
+        # behind it there, in order: _write() sees to that.
+        if len(rows) > 1 and not any(job_id in _spooled for _step, job_id, _apply, _fields in rows):
             try:
                 with transaction.atomic(using=records.db_alias()):
                     for _step, _job_id, apply, _fields in rows:

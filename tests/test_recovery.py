@@ -212,11 +212,14 @@ def test_rqreconcile_repairs_on_demand(manage: Any, redis: Any) -> None:
 # --- the database going away ----------------------------------------------------------------------
 
 
-def test_outcomes_survive_a_database_outage() -> None:
+@pytest.mark.parametrize("worker_class", ["fork", "batch"])
+def test_outcomes_survive_a_database_outage(worker_class: str) -> None:
     with database_outage_for_worker() as (env, outage):
         first = sleep_for.delay(1)
         second = add.delay(2, 2)
-        worker = start("rqworker", "default", "--name", "through-the-outage", env=env)
+        worker = start(
+            "rqworker", "default", "--name", "through-the-outage", "--worker-class", worker_class, env=env
+        )
         try:
             wait_for(lambda: status(first.id) == "started")
             with outage():

@@ -139,7 +139,7 @@ def test_a_canceled_job_is_not_retried(manage: Any, tmp_path: Any) -> None:
 # --- timeouts and jobs that exit -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("worker_class", ["fork", "simple"])
+@pytest.mark.parametrize("worker_class", ["fork", "simple", "batch"])
 def test_a_job_over_its_timeout_is_stopped_and_fails(manage: Any, worker_class: str) -> None:
     handle = overruns.delay(30)
     after = add.delay(1, 2)
@@ -151,7 +151,7 @@ def test_a_job_over_its_timeout_is_stopped_and_fails(manage: Any, worker_class: 
     assert JobRecord.objects.get(pk=after.id).status == "finished"  # the worker went on
 
 
-@pytest.mark.parametrize("worker_class", ["fork", "simple"])
+@pytest.mark.parametrize("worker_class", ["fork", "simple", "batch"])
 def test_sys_exit_in_a_job_fails_it_and_the_worker_goes_on(manage: Any, worker_class: str) -> None:
     handle = calls_sys_exit.delay(3)
     after = add.delay(1, 2)
