@@ -538,31 +538,39 @@ class Bench:
                 raise RuntimeError(f"django_jobs: {rows} of {count} rows are finished")
 
     def measure_drain(self) -> None:
-        repeat = self.args.repeat
+        repeat, procs = self.args.repeat, self.args.procs
+        # (worker, title, jobs, processes, whether django_jobs' BatchWorker runs beside it).
+        # Plain RQ and django-rq have no batch worker: its row compares it with their
+        # SimpleWorker's runs of the same plan, which it takes turns with.
         plans = [
-            ("simple", "SimpleWorker", self.args.drain_jobs, 1),
-            ("fork", "forking Worker", self.args.fork_jobs, 1),
-            ("simple", f"{self.args.procs} SimpleWorker processes", self.args.drain_jobs, self.args.procs),
-            ("batch", "BatchWorker (plain: Simple)", self.args.drain_jobs, 1),
-            (
-                "batch",
-                f"{self.args.procs} BatchWorkers (plain: Simple)",
-                self.args.drain_jobs,
-                self.args.procs,
-            ),
+            ("simple", "SimpleWorker", self.args.drain_jobs, 1, True),
+            ("fork", "forking Worker", self.args.fork_jobs, 1, False),
+            ("simple", f"{procs} SimpleWorker processes", self.args.drain_jobs, procs, True),
         ]
-        for worker, title, count, procs in plans:
-            print(f"drain: {title}, {count} no-op jobs, {repeat} runs", flush=True)
+        for worker, title, count, workers, with_batch in plans:
+            also = (
+                f" (and django_jobs' {'BatchWorker' if workers == 1 else 'BatchWorkers'})"
+                if with_batch
+                else ""
+            )
+            print(f"drain: {title}{also}, {count} no-op jobs, {repeat} runs", flush=True)
             runs: dict[str, list[float]] = {s: [] for s in SYSTEMS}
+            batch: list[float] = []
             for _ in range(repeat):
                 for system in SYSTEMS:
-                    runs[system].append(self.drain_once(system, worker, count, procs))
+                    runs[system].append(self.drain_once(system, worker, count, workers))
+                if with_batch:
+                    batch.append(self.drain_once("jobs", "batch", count, workers))
             self.flush()
-            key = f"drain.{worker}.{procs}"
-            self.add(
-                Row(key, f"drain, {title} (jobs/s)", "rate", {s: median(runs[s]) for s in SYSTEMS}, runs=runs)
-            )
-            self.say(", ".join(f"{TITLES[s]} {median(runs[s]):,.0f}/s" for s in SYSTEMS))
+            values = {s: median(runs[s]) for s in SYSTEMS}
+            self.add(Row(f"drain.{worker}.{workers}", f"drain, {title} (jobs/s)", "rate", values, runs=runs))
+            self.say(", ".join(f"{TITLES[s]} {values[s]:,.0f}/s" for s in SYSTEMS))
+            if with_batch:
+                name = "BatchWorker" if workers == 1 else f"{workers} BatchWorkers"
+                values = {**values, "jobs": median(batch)}
+                label = f"drain, {name} (plain: Simple) (jobs/s)"
+                self.add(Row(f"drain.batch.{workers}", label, "rate", values, runs={**runs, "jobs": batch}))
+                self.say(f"django_jobs {name} {values['jobs']:,.0f}/s")
 
     # -- latency
 

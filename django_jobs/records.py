@@ -143,10 +143,45 @@ BULK_BATCH_SIZE = 1000
 
 
 def create_many(rows: list[dict[str, Any]], using: str) -> None:
-    """Insert the rows of jobs enqueued together: one INSERT per ``BULK_BATCH_SIZE`` rows."""
-    JobRecord.objects.using(using).bulk_create(
-        [JobRecord(**fields) for fields in rows], batch_size=BULK_BATCH_SIZE
-    )
+    """Insert the rows of jobs enqueued together: plain multi-row INSERTs of up to
+    ``BULK_BATCH_SIZE`` rows (fewer where the database takes fewer parameters).
+
+    Each row gives its fields by name; the others get their defaults, and
+    ``enqueued_at`` is now. Built as :func:`create` builds its INSERT: the
+    ORM's ``bulk_create()`` cost more than the statements.
+    """
+    from django.db import connections
+
+    if not rows:
+        return
+    connection = connections[using]
+    sql, fields = _insert_sql(connection.alias)
+    head, marks = sql.split(" VALUES ", 1)
+    size = min(BULK_BATCH_SIZE, connection.ops.bulk_batch_size([field for field, _ in fields], rows)) or 1
+    given = set(rows[0])
+    if any(set(values) != given for values in rows):
+        raise ValueError("create_many(): every row must give the same fields.")
+    defaults = {"enqueued_at": timezone.now()}
+    # (field name, how to prepare its value, or None for a value prepared once: its default)
+    columns = [
+        (
+            field.attname,
+            field.get_db_prep_save if field.attname in given else None,
+            None
+            if field.attname in given
+            else field.get_db_prep_save(defaults.get(field.attname, default), connection),
+        )
+        for field, default in fields
+    ]
+    with connection.cursor() as cursor:
+        for start in range(0, len(rows), size):
+            chunk = rows[start : start + size]
+            params = [
+                prepared if prep is None else prep(values[name], connection)
+                for values in chunk
+                for name, prep, prepared in columns
+            ]
+            cursor.execute(f"{head} VALUES {', '.join([marks] * len(chunk))}", params)
 
 
 def claim_due(job_ids: list[str], using: str) -> int:
