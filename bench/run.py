@@ -634,22 +634,38 @@ class Bench:
             if name not in ("cmdstat_info", "cmdstat_config")
         )
 
-    def run_in_process(self, system: str) -> None:
+    def run_in_process(self, system: str, batch: bool = False) -> int:
+        """Run the queue's jobs with a SimpleWorker (``batch``: django_jobs' BatchWorker) in this
+        process; return the worker's Redis round trips (requests sent, a pipeline being one)."""
+        from redis.connection import AbstractConnection
         from rq import SimpleWorker
         from rq.serializers import JSONSerializer
 
         from django_jobs import worker as jobs_worker
+        from django_jobs.batching import BatchWorker
         from django_jobs.queues import resolve_serializer
 
         queue = self.queue(system)
         if system == "jobs":
-            worker = jobs_worker.SimpleWorker(
-                [queue], connection=queue.connection, serializer=resolve_serializer()
-            )
+            cls = BatchWorker if batch else jobs_worker.SimpleWorker
+            worker = cls([queue], connection=queue.connection, serializer=resolve_serializer())
         else:
             worker = SimpleWorker([queue], connection=queue.connection, serializer=JSONSerializer)
-        with signals_kept():
-            worker.work(burst=True, logging_level="WARNING")
+        sent = 0
+        send = AbstractConnection.send_packed_command
+
+        def counting_send(connection: Any, *args: Any, **kwargs: Any) -> Any:
+            nonlocal sent
+            sent += 1
+            return send(connection, *args, **kwargs)
+
+        AbstractConnection.send_packed_command = counting_send  # type: ignore[method-assign]
+        try:
+            with signals_kept():
+                worker.work(burst=True, logging_level="WARNING")
+        finally:
+            AbstractConnection.send_packed_command = send  # type: ignore[method-assign]
+        return sent
 
     def measure_counts(self) -> None:
         count = self.args.count_jobs
@@ -657,7 +673,9 @@ class Bench:
         enqueue_cmds: dict[str, float] = {}
         bulk_cmds: dict[str, float] = {}
         work_cmds: dict[str, float] = {}
+        trips: dict[str, float] = {}
         statements: dict[str, dict[str, float]] = {}
+        batch_trips = batch_cmds = batch_statements = 0.0
         for system in SYSTEMS:
             # Bulk first (its jobs are thrown away), then one by one, then the worker.
             self.flush()
@@ -681,9 +699,21 @@ class Bench:
             self.redis.config_resetstat()
             counter = StatementCounter()
             with counter.counting():
-                self.run_in_process(system)
+                trips[system] = self.run_in_process(system) / count
             work_cmds[system] = self.redis_calls() / count
             self.check_drained(system, count)
+            if system == "jobs":
+                # The same jobs again, for django_jobs' BatchWorker.
+                self.flush()
+                for i in range(count):
+                    enqueue(i)
+                self.redis.config_resetstat()
+                batch_counter = StatementCounter()
+                with batch_counter.counting():
+                    batch_trips = self.run_in_process(system, batch=True) / count
+                batch_cmds = self.redis_calls() / count
+                self.check_drained(system, count)
+                batch_statements = len(batch_counter.statements) / count
             statements[system] = {
                 "enqueue": enqueue_statements,
                 "bulk": bulk_statements,
@@ -717,6 +747,14 @@ class Bench:
         )
         self.add(
             Row(
+                "db.worker.batch",
+                "  the same, BatchWorker (plain: Simple)",
+                "count",
+                {s: statements[s]["worker"] for s in SYSTEMS} | {"jobs": batch_statements},
+            )
+        )
+        self.add(
+            Row(
                 "db.total",
                 "DB statements per job lifecycle",
                 "count",
@@ -735,6 +773,23 @@ class Bench:
         self.add(Row("redis.enqueue", "Redis commands per job: enqueue", "count", enqueue_cmds))
         self.add(Row("redis.bulk", "Redis commands per job: bulk enqueue", "count", bulk_cmds))
         self.add(Row("redis.worker", "Redis commands per job: worker", "count", work_cmds))
+        self.add(
+            Row(
+                "redis.worker.batch",
+                "  the same, BatchWorker (plain: Simple)",
+                "count",
+                {**work_cmds, "jobs": batch_cmds},
+            )
+        )
+        self.add(Row("redis.trips", "Redis round trips per job: worker", "count", trips))
+        self.add(
+            Row(
+                "redis.trips.batch",
+                "  the same, BatchWorker (plain: Simple)",
+                "count",
+                {**trips, "jobs": batch_trips},
+            )
+        )
         self.add(
             Row(
                 "redis.total",
