@@ -319,8 +319,10 @@ class StatementCounter:
         self.connections = 0
 
     def __call__(self, execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
-        if not sql.lstrip().upper().startswith(self.CONTROL):
-            self.statements.append(sql)
+        # One request may carry several statements (the batch worker's on PostgreSQL): each counts.
+        for statement in sql.split("; "):
+            if statement.strip() and not statement.lstrip().upper().startswith(self.CONTROL):
+                self.statements.append(statement)
         return execute(sql, params, many, context)
 
     def connected(self, **kwargs: Any) -> None:

@@ -147,6 +147,7 @@ class BatchWorker(SimpleWorker):
         self._after_pipe: list[Callable[[list[Any]], None]] = []
         self._rows: list[Row] = []
         self._started_here: str | None = None
+        self._starting: Job | None = None  # the job whose start is in self._rows
 
     # -- taking jobs
 
@@ -244,6 +245,15 @@ class BatchWorker(SimpleWorker):
         # behind it there, in order: _write() sees to that.
         if len(rows) > 1 and not any(job_id in _spooled for _step, job_id, _apply, _fields in rows):
             try:
+                if [row[0] for row in rows] == ["finished", "started"] and self._starting is not None:
+                    ended, starting = rows[0][3], rows[1][3]
+                    records.mark_finished_then_started(
+                        (rows[0][1], ended["result"], ended["at"]),
+                        self._starting,
+                        starting["worker_name"],
+                        starting["at"],
+                    )
+                    return
                 with transaction.atomic(using=records.db_alias()):
                     for _step, _job_id, apply, _fields in rows:
                         apply()
@@ -290,6 +300,7 @@ class BatchWorker(SimpleWorker):
             {"worker_name": self.name, "at": at},
         )
         self._rows.append(start)
+        self._starting = job
         skipped: list[str | None] = []
 
         def check_status(results: list[Any]) -> None:
@@ -303,6 +314,7 @@ class BatchWorker(SimpleWorker):
         try:
             self.flush()
         finally:
+            self._starting = None
             with self._claims_lock:
                 self._claimed_ids.discard(job.id)
         if skipped:

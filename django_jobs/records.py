@@ -251,14 +251,25 @@ def _datetime(value: datetime) -> Any:
     return connections[db_alias()].ops.adapt_datetimefield_value(value)
 
 
+def _start_statement(job_id: str, worker_name: str, at: datetime | None) -> tuple[str, list[Any]]:
+    now = _datetime(at or timezone.now())
+    return _sql(_START), [JobStatus.STARTED.value, now, worker_name, job_id, now]
+
+
+def _finish_statement(job_id: str, result: Any, at: datetime | None) -> tuple[str, list[Any]]:
+    from django.db import connections
+
+    stored = JobRecord._meta.get_field("result").get_db_prep_save(result, connections[db_alias()])
+    return _sql(_FINISH), [JobStatus.FINISHED.value, stored, _datetime(at or timezone.now()), job_id]
+
+
 def mark_started_by_id(job_id: str, worker_name: str, at: datetime | None = None) -> bool:
     """Set ``started``, the start time and the worker, and count the attempt; False if no row.
 
     A start older than the row's last end is skipped: it is a late write of
     an attempt that already ended (written back after a database outage).
     """
-    now = _datetime(at or timezone.now())
-    if _execute(_sql(_START), [JobStatus.STARTED.value, now, worker_name, job_id, now]):
+    if _execute(*_start_statement(job_id, worker_name, at)):
         return True
     return JobRecord.objects.using(db_alias()).filter(pk=job_id).exists()
 
@@ -274,10 +285,40 @@ def mark_started(job: Job, worker_name: str, at: datetime | None = None) -> None
 
 def mark_finished(job_id: str, result: Any, at: datetime | None = None) -> None:
     """The job returned ``result``."""
-    from django.db import connections
+    _execute(*_finish_statement(job_id, result, at))
 
-    stored = JobRecord._meta.get_field("result").get_db_prep_save(result, connections[db_alias()])
-    _execute(_sql(_FINISH), [JobStatus.FINISHED.value, stored, _datetime(at or timezone.now()), job_id])
+
+def mark_finished_then_started(
+    finished: tuple[str, Any, datetime], job: Job, worker_name: str, at: datetime
+) -> None:
+    """One job's end (``finished``: its id, result and end time) and the next job's start, together.
+
+    On PostgreSQL (with Django's default client-side parameter binding) the
+    two ``UPDATE`` statements travel in one request and commit together:
+    one round trip where two autocommit statements take two, and a
+    transaction block three. Elsewhere they share a transaction.
+    """
+    from django.db import connections, transaction
+
+    connection = connections[db_alias()]
+    in_one_request = (
+        connection.vendor == "postgresql"
+        and not connection.settings_dict.get("OPTIONS", {}).get("server_side_binding")
+        and not connection.in_atomic_block
+    )
+    if not in_one_request:
+        with transaction.atomic(using=connection.alias):
+            mark_finished(*finished)
+            mark_started(job, worker_name, at)
+        return
+    finish_sql, finish_params = _finish_statement(*finished)
+    start_sql, start_params = _start_statement(job.id, worker_name, at)
+    with connection.cursor() as cursor:
+        cursor.execute(f"{finish_sql}; {start_sql}", [*finish_params, *start_params])
+        cursor.nextset()
+        started = cursor.rowcount
+    if not started:
+        mark_started(job, worker_name, at)  # no row (enqueued with plain RQ), or a late start
 
 
 #: The exception RQ raises for a job whose payload in Redis cannot be read, and what the row says.
