@@ -43,7 +43,6 @@ from django.utils import timezone
 from redis.exceptions import RedisError
 from rq.executions import Execution
 from rq.job import JobStatus as RQJobStatus
-from rq.rate_limit import release_slot
 from rq.utils import now as rq_now
 from rq.utils import utcformat
 from rq.worker import WorkerStatus
@@ -379,9 +378,10 @@ class BatchWorker(SimpleWorker):
         pipe.smembers(job.dependents_key)
 
         def after(results: list[Any]) -> None:
+            # RQ's own steps, which log a failure (RQ's clean-up of its registries repairs it).
             if results[dependents_at]:
-                queue.enqueue_dependents(job)
-            release_slot(job)
+                self._enqueue_dependents_safely(queue, job)
+            self._release_slot_safely(job)
 
         self._after_pipe.append(after)
         result, at = row_result(job), timezone.now()
