@@ -17,9 +17,10 @@ ends. What changes is where jobs wait: jobs taken ahead wait in the worker's
 list instead of in their queue, where other workers cannot take them.
 
 - A job that runs longer than :data:`SLOW_JOB` seconds makes the worker give
-  back the jobs it took ahead (to the front of their queue), at the latest
-  ``job_monitoring_interval / 2`` seconds into the job, and take one job at a
-  time until jobs are short again.
+  back the jobs it took ahead (to the front of their queue): when it ends,
+  or from the heartbeat thread once it has run ``job_monitoring_interval / 2``
+  seconds (that thread looks every half interval, so within one interval).
+  Then it takes one job at a time until jobs are short again.
 - On a warm or cold shutdown, and when ``--max-jobs`` is reached, the worker
   gives back what it has not started.
 - If the worker dies, the scheduler loop (``recovery.OrphanWatch``) gives
