@@ -39,7 +39,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from django.db import DatabaseError, InterfaceError, transaction
+from django.db import DatabaseError, InterfaceError
 from django.utils import timezone
 from redis.exceptions import RedisError
 from rq.executions import Execution
@@ -243,20 +243,18 @@ class BatchWorker(SimpleWorker):
         rows, self._rows = self._rows, []
         # A job with a write kept in the spool (database outage) has its next ones queue up
         # behind it there, in order: _write() sees to that.
-        if len(rows) > 1 and not any(job_id in _spooled for _step, job_id, _apply, _fields in rows):
+        # The only pair there is: one job's end, then the next job's start (see _start()).
+        job = self._starting
+        together = [row[0] for row in rows] == ["finished", "started"]
+        if job is not None and together and not {row[1] for row in rows} & _spooled:
+            ended, starting = rows[0][3], rows[1][3]
             try:
-                if [row[0] for row in rows] == ["finished", "started"] and self._starting is not None:
-                    ended, starting = rows[0][3], rows[1][3]
-                    records.mark_finished_then_started(
-                        (rows[0][1], ended["result"], ended["at"]),
-                        self._starting,
-                        starting["worker_name"],
-                        starting["at"],
-                    )
-                    return
-                with transaction.atomic(using=records.db_alias()):
-                    for _step, _job_id, apply, _fields in rows:
-                        apply()
+                records.mark_finished_then_started(
+                    (rows[0][1], ended["result"], ended["at"]),
+                    job,
+                    starting["worker_name"],
+                    starting["at"],
+                )
                 return
             except (DatabaseError, InterfaceError):
                 pass  # one by one now, each with its retries and the spool
