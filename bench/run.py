@@ -191,6 +191,12 @@ def worker_main(spec: dict[str, Any]) -> int:
             from django_jobs.batching import BatchWorker
 
             cls = BatchWorker
+        elif spec["worker"] == "fork-at-dequeue":
+
+            class ForkAtDequeue(jobs_worker.Worker):
+                prefork = False
+
+            cls = ForkAtDequeue
 
         def make(cls: type[Any]) -> Any:
             return cls(jobs_queues, connection=jobs_queues[0].connection, serializer=resolve_serializer())
@@ -544,35 +550,35 @@ class Bench:
         # (worker, title, jobs, processes, whether django_jobs' BatchWorker runs beside it).
         # Plain RQ and django-rq have no batch worker: its row compares it with their
         # SimpleWorker's runs of the same plan, which it takes turns with.
+        # Also django_jobs' forking Worker with prefork = False (forks at dequeue, as RQ
+        # does): the same plan, so the gain of the spare shows in the table.
         plans = [
-            ("simple", "SimpleWorker", self.args.drain_jobs, 1, True),
-            ("fork", "forking Worker", self.args.fork_jobs, 1, False),
-            ("simple", f"{procs} SimpleWorker processes", self.args.drain_jobs, procs, True),
+            ("simple", "SimpleWorker", self.args.drain_jobs, 1, "batch"),
+            ("fork", "forking Worker", self.args.fork_jobs, 1, "fork-at-dequeue"),
+            ("simple", f"{procs} SimpleWorker processes", self.args.drain_jobs, procs, "batch"),
         ]
-        for worker, title, count, workers, with_batch in plans:
-            also = (
-                f" (and django_jobs' {'BatchWorker' if workers == 1 else 'BatchWorkers'})"
-                if with_batch
-                else ""
-            )
-            print(f"drain: {title}{also}, {count} no-op jobs, {repeat} runs", flush=True)
+        for worker, title, count, workers, extra in plans:
+            if extra == "batch":
+                name = "BatchWorker" if workers == 1 else f"{workers} BatchWorkers"
+                label = f"drain, {name} (plain: Simple) (jobs/s)"
+            else:
+                name = "forking Worker, prefork off"
+                label = f"  {name}"
+            print(f"drain: {title} (and django_jobs' {name}), {count} no-op jobs, {repeat} runs", flush=True)
             runs: dict[str, list[float]] = {s: [] for s in SYSTEMS}
-            batch: list[float] = []
+            extra_runs: list[float] = []
             for _ in range(repeat):
                 for system in SYSTEMS:
                     runs[system].append(self.drain_once(system, worker, count, workers))
-                if with_batch:
-                    batch.append(self.drain_once("jobs", "batch", count, workers))
+                extra_runs.append(self.drain_once("jobs", extra, count, workers))
             self.flush()
             values = {s: median(runs[s]) for s in SYSTEMS}
             self.add(Row(f"drain.{worker}.{workers}", f"drain, {title} (jobs/s)", "rate", values, runs=runs))
             self.say(", ".join(f"{TITLES[s]} {values[s]:,.0f}/s" for s in SYSTEMS))
-            if with_batch:
-                name = "BatchWorker" if workers == 1 else f"{workers} BatchWorkers"
-                values = {**values, "jobs": median(batch)}
-                label = f"drain, {name} (plain: Simple) (jobs/s)"
-                self.add(Row(f"drain.batch.{workers}", label, "rate", values, runs={**runs, "jobs": batch}))
-                self.say(f"django_jobs {name} {values['jobs']:,.0f}/s")
+            values = {**values, "jobs": median(extra_runs)}
+            key = f"drain.{extra}.{workers}"
+            self.add(Row(key, label, "rate", values, runs={**runs, "jobs": extra_runs}))
+            self.say(f"django_jobs {name} {values['jobs']:,.0f}/s")
 
     # -- latency
 
@@ -598,6 +604,16 @@ class Bench:
             self.say(
                 ", ".join(f"{TITLES[s]} p50 {percentile(results[s], 0.5) * 1000:.2f} ms" for s in SYSTEMS)
             )
+            if worker == "fork":  # and django_jobs' forking Worker with prefork = False
+                self.flush()
+                at_dequeue = self.latency_of("jobs", "fork-at-dequeue", samples)
+                self.flush()
+                for name, fraction in (("p50", 0.5), ("p99", 0.99)):
+                    values = {s: percentile(results[s], fraction) * 1000 for s in SYSTEMS}
+                    values["jobs"] = percentile(at_dequeue, fraction) * 1000
+                    label = f"  forking Worker, prefork off, {name}"
+                    self.add(Row(f"latency.fork-at-dequeue.{name}", label, "ms", values))
+                self.say(f"django_jobs, prefork off: p50 {percentile(at_dequeue, 0.5) * 1000:.2f} ms")
 
     def latency_of(self, system: str, worker: str, samples: int) -> list[float]:
         enqueue = self.enqueue_one(system, "stamp")
@@ -898,6 +914,8 @@ def apply_targets(rows: list[Row]) -> None:
             # Same number of processes on both sides: the ratio is also the ratio per core.
             row.target = ">= 2x plain rq, per core"
             row.met = row.ratio is not None and row.ratio >= 2
+        elif row.key.startswith(("drain.fork-at-dequeue.", "latency.fork-at-dequeue.")):
+            continue  # shown for comparison: the default is the forking Worker's own row
         elif row.key.startswith("drain."):
             row.target = ">= 0.9x plain rq"
             row.met = row.ratio is not None and row.ratio >= 0.9

@@ -9,15 +9,18 @@ between two jobs costs nothing but a reconnect.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import logging
 import math
 import os
+import signal
 import tempfile
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from functools import partial
 from typing import IO, TYPE_CHECKING, Any
 
@@ -450,8 +453,54 @@ class RecordingWorkerMixin:
             backoff.failed()
 
 
+class _Spare:
+    """A work-horse forked ahead of its job, waiting for it on a pipe."""
+
+    def __init__(self, pid: int, order_fd: int, outbox: IO[bytes]) -> None:
+        self.pid, self.order_fd, self.outbox = pid, order_fd, outbox
+
+    def alive(self) -> bool:
+        try:
+            return os.waitpid(self.pid, os.WNOHANG) == (0, 0)
+        except ChildProcessError:
+            return False
+
+    def close(self, wait: float = 2.0) -> None:
+        """End it: it reads end-of-file and exits; killed if it does not within ``wait`` s."""
+        with contextlib.suppress(OSError):
+            os.close(self.order_fd)
+        self.outbox.close()
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                if os.waitpid(self.pid, os.WNOHANG) != (0, 0):
+                    return
+            except ChildProcessError:
+                return
+            if time.monotonic() >= deadline:
+                with contextlib.suppress(OSError):
+                    os.kill(self.pid, signal.SIGKILL)
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(self.pid, 0)
+                return
+            time.sleep(0.005)
+
+
 class Worker(RecordingWorkerMixin, RQWorker):
-    """RQ's forking worker: each job runs in a fresh child process (isolation, hard timeouts)."""
+    """RQ's forking worker: each job runs in a fresh child process (isolation, hard timeouts).
+
+    The child process of the next job (the spare) is forked while the current
+    job runs, and waits on a pipe: the fork, the child's new Redis connection
+    and the dropping of inherited database connections are then off the path
+    from dequeue to the job's first line. Each process still runs one job and
+    exits; set ``prefork = False`` on a subclass to fork at dequeue instead,
+    as RQ does.
+    """
+
+    #: Fork the next job's process ahead of time.
+    prefork = True
+    _spare: _Spare | None = None
+    _outbox: IO[bytes] | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # Heartbeats every 10 s (RQ: 30 s) while a job runs, so that a dead worker is noticed
@@ -459,17 +508,42 @@ class Worker(RecordingWorkerMixin, RQWorker):
         kwargs.setdefault("job_monitoring_interval", JOB_MONITORING_INTERVAL)
         super().__init__(*args, **kwargs)
 
-    _outbox: IO[bytes] | None = None
+    def prepare_execution(self, job: Job) -> Execution:
+        """RQ's execution bookkeeping, and the job marked started, in one round trip.
+
+        RQ's work-horse marks the job started in Redis a moment later; marking
+        it here already means that a row that says "started" is one that
+        ``handle.stop()`` can reach (it needs the worker's name).
+        """
+        from rq.executions import Execution as RQExecution
+        from rq.worker import WorkerStatus
+
+        with self.connection.pipeline() as pipeline:
+            execution = RQExecution.create(
+                job, self.get_heartbeat_ttl(job), pipeline=pipeline, worker_name=self.name
+            )
+            self.executions[execution.id] = execution
+            self.set_state(WorkerStatus.BUSY, pipeline=pipeline)
+            job.prepare_for_execution(self.name, pipeline)
+            pipeline.execute()
+        return execution
+
+    def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
+        if self.prefork and self._spare is None:
+            self._fork_spare()  # the first job's; later ones are forked while a job runs
+        return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
 
     def fork_work_horse(self, job: Job, queue: Queue) -> None:
         # The worker writes the job's row, on its own (kept) connection: the start now, the
         # end from what the work-horse hands back in a file. The work-horse then needs no
         # database connection of its own, unless the job itself uses the database.
-        with self.connection.pipeline() as pipeline:
-            # What the work-horse would mark in Redis in a moment, marked now: a row that says
-            # "started" must be one that handle.stop() can reach (it needs the worker's name).
-            job.prepare_for_execution(self.name, pipeline)
-            pipeline.execute()
+        self._started_by_parent = job.id
+        spare, self._spare = self._spare, None
+        if spare is not None and self._hand_over(spare, job, queue):
+            self._outbox = spare.outbox
+        else:
+            self._outbox = tempfile.TemporaryFile()  # noqa: SIM115 (closed in _apply_outbox)
+            super().fork_work_horse(job, queue)
         at = timezone.now()
         _write(
             self.connection,
@@ -479,18 +553,89 @@ class Worker(RecordingWorkerMixin, RQWorker):
             worker_name=self.name,
             at=at,
         )
+        if self.prefork:
+            self._fork_spare()  # the next job's process, forked while this job runs
+
+    def _hand_over(self, spare: _Spare, job: Job, queue: Queue) -> bool:
+        """Give ``job`` to the spare; False if the spare is gone (then the caller forks)."""
+        execution = self.execution
+        order = {
+            "job": job.id,
+            "queue": queue.name,
+            "execution": execution.id if execution is not None else None,
+            "created_at": execution.created_at.timestamp() if execution is not None else None,
+        }
+        try:
+            if not spare.alive():
+                raise ChildProcessError
+            os.write(spare.order_fd, (json.dumps(order) + "\n").encode())
+        except (OSError, ChildProcessError):
+            logger.warning(
+                "The spare work-horse %s of worker %s is gone; forking a new one", spare.pid, self.name
+            )
+            spare.close(wait=0)
+            return False
+        os.close(spare.order_fd)
+        os.environ["RQ_WORKER_ID"], os.environ["RQ_JOB_ID"] = self.name, job.id
+        self._horse_pid = spare.pid
+        self.procline(f"Handed job {job.id} to {spare.pid} at {time.time()}")  # type: ignore[no-untyped-call]
+        return True
+
+    def _fork_spare(self) -> None:
+        outbox = tempfile.TemporaryFile()  # noqa: SIM115 (closed with the spare or in _apply_outbox)
+        order_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(write_fd)
+            try:
+                self._spare_main(order_fd, outbox)
+            except BaseException:  # nothing may escape a forked child
+                logger.exception("Spare work-horse of worker %s failed", self.name)
+                os._exit(1)
+            os._exit(0)
+        os.close(order_fd)
+        with contextlib.suppress(OSError):  # its own process group, as RQ's work-horse (kill_horse)
+            os.setpgid(pid, pid)
+        self._spare = _Spare(pid, write_fd, outbox)
+
+    def _spare_main(self, order_fd: int, outbox: IO[bytes]) -> None:
+        """In the spare: get ready, wait for a job, run it as RQ's work-horse would."""
+        os.setpgrp()
+        self.setup_work_horse_signals()  # type: ignore[no-untyped-call]
+        _drop_inherited_connections()
+        if self._outbox is not None:  # the running job's, inherited: not this process's
+            self._outbox.close()
+        with contextlib.suppress(RedisError, OSError):
+            self.connection.ping()  # its own Redis connection, made now rather than at the job
+        with os.fdopen(order_fd, "rb") as orders:
+            line = orders.readline()
+        if not line:
+            os._exit(0)  # the worker is done with it (or gone)
+        order = json.loads(line)
+        from rq.executions import Execution as RQExecution
+
+        job = self.job_class.fetch(order["job"], connection=self.connection, serializer=self.serializer)
+        queue = next((q for q in self.queues if q.name == order["queue"]), None)
+        if queue is None:
+            queue = self.queue_class(order["queue"], connection=self.connection, serializer=self.serializer)
+        self.executions.clear()
+        if order["execution"] is not None:
+            execution = RQExecution(order["execution"], job.id, self.connection, worker_name=self.name)
+            execution.created_at = datetime.fromtimestamp(order["created_at"], tz=UTC)
+            self.executions[execution.id] = execution
+        os.environ["RQ_WORKER_ID"], os.environ["RQ_JOB_ID"] = self.name, job.id
+        self._horse_pid = 0
+        self._stopped_job_id = None
+        self._job_error = None
         self._started_by_parent = job.id
-        self._outbox = tempfile.TemporaryFile()  # noqa: SIM115 (closed in _apply_outbox)
-        super().fork_work_horse(job, queue)
+        self._outbox = outbox
+        self.main_work_horse(job, queue)
 
     def main_work_horse(self, job: Job, queue: Queue) -> None:
-        # In the child, just forked. A connection must never be used by both processes: drop
-        # the inherited ones without closing them (closing would end the parent's session);
-        # the child opens its own if the job needs one, and ends with os._exit().
-        for conn in connections.all(initialized_only=True):
-            if conn.connection is not None:
-                _inherited.append(conn.connection)
-                conn.connection = None
+        # In the child. A connection must never be used by both processes: drop the inherited
+        # ones without closing them (closing would end the parent's session); the child opens
+        # its own if the job needs one, and ends with os._exit().
+        _drop_inherited_connections()
         if self._outbox is not None:
             self._outbox_fd = self._outbox.fileno()
         super().main_work_horse(job, queue)
@@ -509,6 +654,12 @@ class Worker(RecordingWorkerMixin, RQWorker):
             # Outside RQ's watch over the work-horse: its alarm must not cut the writes short.
             self._apply_outbox()
 
+    def teardown(self) -> None:
+        spare, self._spare = self._spare, None
+        if spare is not None and not self.is_horse:
+            spare.close()
+        super().teardown()  # type: ignore[no-untyped-call]
+
     def _apply_outbox(self) -> None:
         """Write the steps the work-horse handed back (end, error, retry) to the job's row."""
         outbox, self._outbox, self._started_by_parent = self._outbox, None, None
@@ -524,6 +675,14 @@ class Worker(RecordingWorkerMixin, RQWorker):
                 _write(self.connection, item["step"], item["job_id"], partial(spool.apply, item), **fields)
             except Exception:  # never lose the worker over one write; the scheduler repairs the row
                 logger.exception("Could not record %s of job %s", item["step"], item["job_id"])
+
+
+def _drop_inherited_connections() -> None:
+    """In a forked child: forget the parent's database connections without closing them."""
+    for conn in connections.all(initialized_only=True):
+        if conn.connection is not None:
+            _inherited.append(conn.connection)
+            conn.connection = None
 
 
 #: Connections a work-horse inherited from its worker: kept referenced, never closed.

@@ -289,3 +289,40 @@ def kills_own_worker() -> None:
     import signal
 
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+_bumps = 0
+
+
+@job
+def bump() -> list[int]:
+    """Count this call in module state; return [count, pid]: a fresh process always says 1."""
+    global _bumps
+    _bumps += 1
+    return [_bumps, os.getpid()]
+
+
+def child_processes(parent: int) -> set[int]:
+    """Live (not zombie) child processes of ``parent``, read from /proc."""
+    from pathlib import Path
+
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # "pid (comm) state ppid ...": comm may hold spaces, so split after its ")".
+        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+        if int(ppid) == parent and state != "Z":
+            found.add(int(entry.name))
+    return found
+
+
+@job
+def worker_children(seconds: float) -> int:
+    """After ``seconds``, how many processes the worker running this job has (this one included)."""
+    time.sleep(seconds)
+    return len(child_processes(os.getppid()))

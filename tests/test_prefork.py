@@ -1,0 +1,111 @@
+"""The forking worker's spare: the next job's process, forked before the job arrives.
+
+Each job still runs in a process of its own, forked from the worker and
+used once; these tests look at the processes themselves through /proc.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from django_jobs.models import JobRecord
+from tests.conftest import wait_for
+from tests.test_worker import start_worker, stop_worker
+from tests.testapp.jobs import add, bump, child_processes, pid, worker_children
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def gone(process_id: int) -> bool:
+    """Whether the process has exited (reaped, or a zombie waiting for its parent)."""
+    try:
+        stat = Path(f"/proc/{process_id}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def spare_of(worker: subprocess.Popen[str]) -> int:
+    """The idle worker's one child: its spare."""
+    found = wait_for(lambda: child_processes(worker.pid))
+    assert len(found) == 1, found
+    return found.pop()
+
+
+def test_each_job_runs_in_the_spare_forked_before_it(manage: Any) -> None:
+    worker = start_worker("default", "--name", "w-spare")
+    try:
+        first_spare = spare_of(worker)
+        first = pid.delay()
+        assert first.wait(timeout=60) == first_spare  # the process was there before the job
+        wait_for(lambda: gone(first_spare))  # used once, then it exited
+        second_spare = spare_of(worker)
+        assert second_spare != first_spare
+        second = bump.delay()
+        assert second.wait(timeout=60) == [1, second_spare]
+        third = bump.delay()
+        count, third_pid = third.wait(timeout=60)
+        # A fresh process each time: the module state of the job before is not there.
+        assert count == 1 and third_pid not in (first_spare, second_spare)
+        assert JobRecord.objects.get(pk=second.id).worker_name == "w-spare"
+    finally:
+        code, output = stop_worker(worker)
+    assert code == 0, output
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_the_spare_ends_with_its_worker(sig: signal.Signals) -> None:
+    worker = start_worker("default")
+    try:
+        spare = spare_of(worker)
+        worker.send_signal(sig)
+        worker.communicate(timeout=30)
+        # A warm stop closes it; a killed worker's spare sees its pipe close and exits.
+        wait_for(lambda: gone(spare), timeout=30)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.communicate()
+
+
+def test_a_spare_that_died_is_replaced_and_the_job_runs() -> None:
+    worker = start_worker("default")
+    try:
+        spare = spare_of(worker)
+        os.kill(spare, signal.SIGKILL)
+        handle = pid.delay()
+        job_pid = handle.wait(timeout=60)
+        assert job_pid not in (spare, worker.pid)
+        assert gone(spare)  # reaped by the worker, not left a zombie
+        assert add.delay(2, 3).wait(timeout=60) == 5
+    finally:
+        code, output = stop_worker(worker)
+    assert code == 0, output
+    assert f"The spare work-horse {spare} of worker" in output and "is gone" in output
+
+
+def test_while_a_job_runs_the_next_spare_waits() -> None:
+    worker = start_worker("default")
+    try:
+        spare_of(worker)
+        assert worker_children.delay(1.0).wait(timeout=60) == 2  # this job's process and the spare
+    finally:
+        code, output = stop_worker(worker)
+    assert code == 0, output
+
+
+def test_prefork_can_be_turned_off(manage: Any) -> None:
+    counted = worker_children.delay(1.0)
+    handles = [bump.delay() for _ in range(3)]
+    result = manage("rqworker", "--burst", "--worker-class", "tests.testapp.workers.ForkAtDequeue")
+    assert result.returncode == 0, result.stderr
+    outcomes = [JobRecord.objects.get(pk=handle.id).result for handle in handles]
+    assert [count for count, _ in outcomes] == [1, 1, 1]
+    assert len({job_pid for _, job_pid in outcomes}) == 3
+    assert JobRecord.objects.get(pk=counted.id).result == 1  # no spare beside the job's process
