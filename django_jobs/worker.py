@@ -509,24 +509,38 @@ class Worker(RecordingWorkerMixin, RQWorker):
         super().__init__(*args, **kwargs)
 
     def prepare_execution(self, job: Job) -> Execution:
-        """RQ's execution bookkeeping, and the job marked started, in one round trip.
+        """RQ's execution bookkeeping and the job's start in Redis, in one round trip.
 
-        RQ's work-horse marks the job started in Redis a moment later; marking
-        it here already means that a row that says "started" is one that
+        RQ's work-horse marks the job started in Redis once it runs; here the
+        worker does it before the hand-over, which saves the work-horse a
+        round trip and means that a row that says "started" is one that
         ``handle.stop()`` can reach (it needs the worker's name).
         """
         from rq.executions import Execution as RQExecution
         from rq.worker import WorkerStatus
 
+        self._stopped_job_id = None  # a stop request for this run is taken from here on
         with self.connection.pipeline() as pipeline:
-            execution = RQExecution.create(
-                job, self.get_heartbeat_ttl(job), pipeline=pipeline, worker_name=self.name
-            )
+            ttl = self.get_heartbeat_ttl(job)
+            execution = RQExecution.create(job, ttl, pipeline=pipeline, worker_name=self.name)
             self.executions[execution.id] = execution
             self.set_state(WorkerStatus.BUSY, pipeline=pipeline)
+            # What RQ's work-horse does first (prepare_job_execution), in the same round trip.
+            self.heartbeat(ttl, pipeline=pipeline)
             job.prepare_for_execution(self.name, pipeline)
+            pipeline.persist(job.key)
+            if len(self.queues) == 1:
+                origin = self.queue_class(job.origin, connection=self.connection)
+                pipeline.lrem(origin.intermediate_queue_key, 1, job.id)
             pipeline.execute()
         return execution
+
+    def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
+        if self._started_by_parent != job.id:
+            super().prepare_job_execution(job, remove_from_intermediate_queue)
+            return
+        # In the work-horse: the worker did RQ's start bookkeeping, and writes the row.
+        self.procline(f"Processing {job.func_name} from {job.origin} since {time.time()}")  # type: ignore[no-untyped-call]
 
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
         if self.prefork and self._spare is None:
@@ -534,16 +548,11 @@ class Worker(RecordingWorkerMixin, RQWorker):
         return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
 
     def fork_work_horse(self, job: Job, queue: Queue) -> None:
-        # The worker writes the job's row, on its own (kept) connection: the start now, the
-        # end from what the work-horse hands back in a file. The work-horse then needs no
-        # database connection of its own, unless the job itself uses the database.
+        # The worker writes the job's row, on its own (kept) connection: the start now, before
+        # the job's code can run (a worker killed a moment later leaves a row that counts the
+        # attempt), the end from what the work-horse hands back in a file. The work-horse then
+        # needs no database connection of its own, unless the job itself uses the database.
         self._started_by_parent = job.id
-        spare, self._spare = self._spare, None
-        if spare is not None and self._hand_over(spare, job, queue):
-            self._outbox = spare.outbox
-        else:
-            self._outbox = tempfile.TemporaryFile()  # noqa: SIM115 (closed in _apply_outbox)
-            super().fork_work_horse(job, queue)
         at = timezone.now()
         _write(
             self.connection,
@@ -553,8 +562,24 @@ class Worker(RecordingWorkerMixin, RQWorker):
             worker_name=self.name,
             at=at,
         )
+        spare, self._spare = self._spare, None
+        if spare is not None and self._hand_over(spare, job, queue):
+            self._outbox = spare.outbox
+        else:
+            self._outbox = tempfile.TemporaryFile()  # noqa: SIM115 (closed in _apply_outbox)
+            super().fork_work_horse(job, queue)
+            _own_process_group(self._horse_pid)
+        if self._stopped_job_id == job.id:
+            self.kill_horse()  # stopped before its process had it (see kill_horse())
         if self.prefork:
             self._fork_spare()  # the next job's process, forked while this job runs
+
+    def kill_horse(self, sig: signal.Signals = signal.SIGKILL) -> None:
+        # A stop request can come between the execution's start and the fork (or hand-over):
+        # RQ would then kill the process group of pid 0, the worker's own. fork_work_horse()
+        # kills the job's process once there is one.
+        if self.horse_pid > 0:
+            super().kill_horse(sig)
 
     def _hand_over(self, spare: _Spare, job: Job, queue: Queue) -> bool:
         """Give ``job`` to the spare; False if the spare is gone (then the caller forks)."""
@@ -594,8 +619,7 @@ class Worker(RecordingWorkerMixin, RQWorker):
                 os._exit(1)
             os._exit(0)
         os.close(order_fd)
-        with contextlib.suppress(OSError):  # its own process group, as RQ's work-horse (kill_horse)
-            os.setpgid(pid, pid)
+        _own_process_group(pid)
         self._spare = _Spare(pid, write_fd, outbox)
 
     def _spare_main(self, order_fd: int, outbox: IO[bytes]) -> None:
@@ -675,6 +699,16 @@ class Worker(RecordingWorkerMixin, RQWorker):
                 _write(self.connection, item["step"], item["job_id"], partial(spool.apply, item), **fields)
             except Exception:  # never lose the worker over one write; the scheduler repairs the row
                 logger.exception("Could not record %s of job %s", item["step"], item["job_id"])
+
+
+def _own_process_group(pid: int) -> None:
+    """Put a just-forked work-horse in a process group of its own, from the worker's side.
+
+    The child does it too (``os.setpgrp()``), but maybe not yet: until then,
+    RQ's ``kill_horse()`` would signal the worker's own group.
+    """
+    with contextlib.suppress(OSError):  # it did it already, or it is gone
+        os.setpgid(pid, pid)
 
 
 def _drop_inherited_connections() -> None:

@@ -9,15 +9,17 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from django.db import connection
 
 from django_jobs.models import JobRecord
-from tests.conftest import wait_for
+from tests.conftest import ROOT, wait_for
 from tests.test_worker import start_worker, stop_worker
-from tests.testapp.jobs import add, bump, child_processes, pid, worker_children
+from tests.testapp.jobs import add, bump, child_processes, pid, sleep_for, worker_children
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -109,3 +111,35 @@ def test_prefork_can_be_turned_off(manage: Any) -> None:
     assert [count for count, _ in outcomes] == [1, 1, 1]
     assert len({job_pid for _, job_pid in outcomes}) == 3
     assert JobRecord.objects.get(pk=counted.id).result == 1  # no spare beside the job's process
+
+
+@pytest.mark.parametrize("worker_class", ["StopsBeforeFork", "StopsBeforeForkAtDequeue"])
+def test_a_stop_before_the_job_has_a_process_stops_it(worker_class: str) -> None:
+    handle = sleep_for.delay(60)
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "DJANGO_JOBS_TEST_DB_NAME": str(connection.settings_dict["NAME"]),
+        "PYTHONPATH": str(ROOT),
+    }
+    # A session of its own: a worker that killed its own process group must not take pytest along.
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "manage.py"),
+            "rqworker",
+            "--burst",
+            "--worker-class",
+            f"tests.testapp.workers.{worker_class}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        start_new_session=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    record = JobRecord.objects.get(pk=handle.id)
+    assert record.status == "stopped", (record.status, record.error)
+    assert record.attempts == 1
