@@ -2,9 +2,10 @@
 
 The worker writes the row at each step of the job's life through
 ``records.py``: started (attempt counted), finished (result), failed (full
-traceback), stopped, or put back for a retry. Database connections are
-closed before every fork and around every job, so a database that restarted
-between two jobs costs nothing but a reconnect.
+traceback), stopped, or put back for a retry. A work-horse never uses the
+worker's database connections, and connections are checked around every
+job, so a database that restarted between two jobs costs nothing but a
+reconnect.
 """
 
 from __future__ import annotations
@@ -357,8 +358,7 @@ class RecordingWorkerMixin:
 
     def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
         super().prepare_job_execution(job, remove_from_intermediate_queue)  # type: ignore[misc]
-        if self._started_by_parent == job.id:
-            return  # the forking worker wrote the start before the fork
+        # (The forking Worker writes the start itself, before the hand-over: see Worker.)
         # After RQ marked it started in Redis: a row that says "started" can be stopped.
         at = timezone.now()
         self._record(
