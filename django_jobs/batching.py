@@ -146,7 +146,6 @@ class BatchWorker(SimpleWorker):
         self._pipe: Pipeline | None = None
         self._after_pipe: list[Callable[[list[Any]], None]] = []
         self._rows: list[Row] = []
-        self._started_here: str | None = None
         self._starting: Job | None = None  # the job whose start is in self._rows
 
     # -- taking jobs
@@ -318,7 +317,7 @@ class BatchWorker(SimpleWorker):
         if skipped:
             self._undo_start(job, execution, skipped[0])
             return False
-        self._started_here = job.id
+        self._start_sent = job.id  # prepare_job_execution() skips RQ's start and the row's
         return True
 
     def _undo_start(self, job: Job, execution: Execution, status: str | None) -> None:
@@ -333,13 +332,6 @@ class BatchWorker(SimpleWorker):
         logger.info(
             "Job %s was %s while it waited in worker %s: skipped", job.id, status or "deleted", self.name
         )
-
-    def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
-        if self._started_here != job.id:  # not started by perform_job(): RQ's way
-            super().prepare_job_execution(job, remove_from_intermediate_queue)
-            return
-        self._started_here = None
-        self.procline(f"Processing {job.func_name} from {job.origin} since {time.time()}")  # type: ignore[no-untyped-call]
 
     def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int) -> None:
         # RQ writes the job's last heartbeat here; the job's hash is saved whole right after

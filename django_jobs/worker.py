@@ -241,7 +241,9 @@ class RecordingWorkerMixin:
     _beat_at = float("-inf")
     _state_written: str | None = None
     _outbox_fd: int | None = None
-    _started_by_parent: str | None = None
+    #: The job whose start (RQ's bookkeeping and its row) went out already: sent by the
+    #: forking Worker before the hand-over, by the BatchWorker with the last job's end.
+    _start_sent: str | None = None
     _suspension_checked_at = float("-inf")
     _spool_backoff: spool.Backoff | None = None
     _admission: limits.Admission = limits.UNLIMITED
@@ -357,8 +359,11 @@ class RecordingWorkerMixin:
         return _write(self.connection, step, job_id, apply, **fields)  # type: ignore[attr-defined]
 
     def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
+        if self._start_sent == job.id:
+            self._start_sent = None
+            self.procline(f"Processing {job.func_name} from {job.origin} since {time.time()}")  # type: ignore[attr-defined]
+            return
         super().prepare_job_execution(job, remove_from_intermediate_queue)  # type: ignore[misc]
-        # (The forking Worker writes the start itself, before the hand-over: see Worker.)
         # After RQ marked it started in Redis: a row that says "started" can be stopped.
         at = timezone.now()
         self._record(
@@ -529,18 +534,10 @@ class Worker(RecordingWorkerMixin, RQWorker):
             self.heartbeat(ttl, pipeline=pipeline)
             job.prepare_for_execution(self.name, pipeline)
             pipeline.persist(job.key)
-            if len(self.queues) == 1:
-                origin = self.queue_class(job.origin, connection=self.connection)
-                pipeline.lrem(origin.intermediate_queue_key, 1, job.id)
+            if len(self.queues) == 1:  # as RQ's work-horse: the job came from that queue
+                pipeline.lrem(self.queues[0].intermediate_queue_key, 1, job.id)
             pipeline.execute()
         return execution
-
-    def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
-        if self._started_by_parent != job.id:
-            super().prepare_job_execution(job, remove_from_intermediate_queue)
-            return
-        # In the work-horse: the worker did RQ's start bookkeeping, and writes the row.
-        self.procline(f"Processing {job.func_name} from {job.origin} since {time.time()}")  # type: ignore[no-untyped-call]
 
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
         if self.prefork and self._spare is None:
@@ -552,7 +549,7 @@ class Worker(RecordingWorkerMixin, RQWorker):
         # the job's code can run (a worker killed a moment later leaves a row that counts the
         # attempt), the end from what the work-horse hands back in a file. The work-horse then
         # needs no database connection of its own, unless the job itself uses the database.
-        self._started_by_parent = job.id
+        self._start_sent = job.id
         at = timezone.now()
         _write(
             self.connection,
@@ -591,10 +588,10 @@ class Worker(RecordingWorkerMixin, RQWorker):
             "created_at": execution.created_at.timestamp() if execution is not None else None,
         }
         try:
-            if not spare.alive():
-                raise ChildProcessError
-            os.write(spare.order_fd, (json.dumps(order) + "\n").encode())
-        except (OSError, ChildProcessError):
+            handed = spare.alive() and os.write(spare.order_fd, (json.dumps(order) + "\n").encode()) > 0
+        except OSError:  # it exited since: the pipe has no reader
+            handed = False
+        if not handed:
             logger.warning(
                 "The spare work-horse %s of worker %s is gone; forking a new one", spare.pid, self.name
             )
@@ -651,7 +648,7 @@ class Worker(RecordingWorkerMixin, RQWorker):
         self._horse_pid = 0
         self._stopped_job_id = None
         self._job_error = None
-        self._started_by_parent = job.id
+        self._start_sent = job.id
         self._outbox = outbox
         self.main_work_horse(job, queue)
 
@@ -686,7 +683,7 @@ class Worker(RecordingWorkerMixin, RQWorker):
 
     def _apply_outbox(self) -> None:
         """Write the steps the work-horse handed back (end, error, retry) to the job's row."""
-        outbox, self._outbox, self._started_by_parent = self._outbox, None, None
+        outbox, self._outbox, self._start_sent = self._outbox, None, None
         if outbox is None:
             return
         with outbox:
