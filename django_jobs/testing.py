@@ -83,7 +83,11 @@ class RedisServer:
             *self.extra_args,
         ]  # fmt: skip
         try:
-            self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            # A session of its own: Ctrl-C in a terminal reaches the program that started it,
+            # which stops it last (after its workers), not the server at once.
+            self.process = subprocess.Popen(
+                args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+            )
         except OSError as exc:
             shutil.rmtree(self.directory, ignore_errors=True)
             raise RedisServerError(f"Cannot start {self.binary}: {exc}") from exc
