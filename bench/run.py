@@ -325,10 +325,12 @@ class StatementCounter:
         self.connections = 0
 
     def __call__(self, execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
-        # One request may carry several statements (the batch worker's on PostgreSQL): each counts.
+        # One request may carry several statements (the batch worker's on PostgreSQL): each counts,
+        # and executemany() runs its statement once per set of parameters.
+        times = len(params) if many else 1
         for statement in sql.split("; "):
             if statement.strip() and not statement.lstrip().upper().startswith(self.CONTROL):
-                self.statements.append(statement)
+                self.statements.extend([statement] * times)
         return execute(sql, params, many, context)
 
     def connected(self, **kwargs: Any) -> None:

@@ -145,12 +145,13 @@ def check_options(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
                 )
             )
     push = options.get("PUSH", DEFAULTS["PUSH"])
-    if push not in ("immediate", "background"):
+    if push not in ("immediate", "background", "redis-first"):
         messages.append(
             Error(
-                f"DJANGO_JOBS['PUSH'] must be 'immediate' or 'background', not {push!r}.",
+                f"DJANGO_JOBS['PUSH'] must be 'immediate', 'background' or 'redis-first', not {push!r}.",
                 hint="'immediate' (the default) pushes in the caller's thread; 'background' in a "
-                "thread of its own, many jobs per round trip.",
+                "thread of its own, many jobs per round trip; 'redis-first' pushes before the row "
+                "is written, and a thread writes the rows.",
                 id="django_jobs.E004",
             )
         )

@@ -76,7 +76,10 @@ DEFAULTS: dict[str, Any] = {
     # When .delay() pushes the job to Redis after the commit: "immediate" (in
     # the caller's thread; the job is in Redis when .delay() returns outside
     # atomic()) or "background" (a thread pushes many jobs per round trip;
-    # .delay() returns once the row is committed). See docs/performance.md.
+    # .delay() returns once the row is committed). Or "redis-first": outside
+    # atomic(), .delay() pushes the job at once and a thread writes its row
+    # right after, many rows per statement (inside atomic() as "immediate").
+    # See docs/performance.md.
     "PUSH": "immediate",
     # Seconds a worker's heartbeat key must stay missing before its started
     # jobs count as orphaned (retried if attempts are left, else failed). A

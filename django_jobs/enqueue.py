@@ -6,6 +6,10 @@ caller's transaction and pushes the job to Redis from
 neither a row nor a job, and outside ``atomic()`` the push happens at once.
 If Redis cannot be reached, the row stays ``queued`` with ``needs_push`` set
 and the caller carries on: nothing is lost.
+
+With ``DJANGO_JOBS["PUSH"] = "redis-first"``, a plain ``.delay()`` outside
+any transaction pushes first and its row follows from a thread
+(:func:`push_first`); inside ``atomic()`` it is as above.
 """
 
 from __future__ import annotations
@@ -223,6 +227,21 @@ def enqueue(
     else:
         status = JobStatus.DEFERRED if dependencies else JobStatus.QUEUED
     using = records.db_alias()
+    if (
+        conf.push == "redis-first"
+        and run_at is None
+        and due_at is None
+        and periodic_job_id is None
+        and unique_key is None
+        and not dependencies
+        and limits.rq_meta(function.name, options) is None
+        and not transaction.get_connection(using).in_atomic_block
+        and queue_config(queue_name).get("ASYNC", True) is not False
+    ):
+        push_first(
+            job_id, function.name, queue_name, args, kwargs, stored_args, stored_kwargs, options, using
+        )
+        return JobHandle(job_id)
     create = partial(
         records.create,
         job_id=job_id,
@@ -347,6 +366,7 @@ def _create_rq_job(
     args: list[Any],
     kwargs: dict[str, Any],
     options: dict[str, Any],
+    meta: dict[str, Any] | None = None,
 ) -> Any:
     return rq_queue.create_job(
         func_name,
@@ -359,8 +379,78 @@ def _create_rq_job(
         failure_ttl=options.get("failure_ttl"),
         description=options.get("description"),
         depends_on=options.get("depends_on"),
-        meta=limits.rq_meta(func_name, options),
+        meta=meta if meta is not None else limits.rq_meta(func_name, options),
     )
+
+
+def push_first(
+    job_id: str,
+    func_name: str,
+    queue_name: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    stored_args: list[Any],
+    stored_kwargs: dict[str, Any],
+    options: dict[str, Any],
+    using: str,
+) -> None:
+    """Push a job ahead of its row, then hand the row to this process's row writer.
+
+    ``DJANGO_JOBS["PUSH"] = "redis-first"``, outside a transaction: one round
+    trip to Redis in the caller's thread, as django-rq's ``.delay()``; the
+    rows are inserted many at a time. The job carries its row's options, so
+    a worker that takes it first writes the whole row. If Redis cannot be
+    reached the row is written now, ``queued`` with ``needs_push`` set.
+    """
+    from .pusher import row_writer
+
+    row = {
+        "id": job_id,
+        "func_name": func_name,
+        "queue": queue_name,
+        "status": JobStatus.QUEUED,
+        "args": stored_args,
+        "kwargs": stored_kwargs,
+        "options": options,
+        "enqueued_at": timezone.now(),
+    }
+    try:
+        rq_queue = get_queue(queue_name)
+        rq_job = _create_rq_job(
+            rq_queue,
+            job_id,
+            func_name,
+            list(args),
+            dict(kwargs),
+            options,
+            meta={records.ROW_OPTIONS_META: options},
+        )
+        with rq_queue.connection.pipeline() as pipeline:
+            rq_queue.enqueue_job(rq_job, pipeline=pipeline, at_front=bool(options.get("at_front")))
+            pipeline.execute()
+    except Exception as exc:
+        logger.warning(
+            "Could not push job %s (%s) to Redis queue %r: %s. Its row is written now, queued with "
+            "needs_push set, to be pushed again once Redis is back.",
+            job_id,
+            func_name,
+            queue_name,
+            exc,
+            exc_info=not isinstance(exc, RedisError | OSError),
+        )
+        records.create(
+            job_id=job_id,
+            func_name=func_name,
+            queue=queue_name,
+            args=stored_args,
+            kwargs=stored_kwargs,
+            status=JobStatus.QUEUED,
+            options=options,
+            using=using,
+            needs_push=True,
+        )
+        return
+    row_writer.submit(using, row)
 
 
 def push(

@@ -36,14 +36,18 @@ class JobHandle(Generic[R]):
     def record(self) -> JobRecord | None:
         """The job's row, read now (None if it does not exist, or not yet in this transaction)."""
         from . import records
+        from .pusher import settle
 
+        settle()
         return records.load(self.id)
 
     @property
     def status(self) -> str | None:
         """The job's status, read now from its row."""
         from . import records
+        from .pusher import settle
 
+        settle()
         return (
             JobRecord.objects.using(records.db_alias())
             .filter(pk=self.id)
@@ -102,7 +106,9 @@ class JobHandle(Generic[R]):
         Works before the enqueuing transaction commits too: the pending push is dropped.
         """
         from . import manager, records
+        from .pusher import settle
 
+        settle()
         return manager.cancel(JobRecord.objects.using(records.db_alias()).filter(pk=self.id)).done == 1
 
     def stop(self) -> bool:
@@ -112,7 +118,9 @@ class JobHandle(Generic[R]):
         SimpleWorker ignores the request and the job runs to its end.
         """
         from . import manager, records
+        from .pusher import settle
 
+        settle()
         return manager.stop(JobRecord.objects.using(records.db_alias()).filter(pk=self.id)).done == 1
 
 

@@ -1,4 +1,4 @@
-"""Background pushes: ``.delay()`` returns once the row is committed; a thread pushes to Redis.
+"""The work ``.delay()`` hands to a thread: pushes after the row, or rows after the push.
 
 With ``DJANGO_JOBS["PUSH"] = "background"`` the push that follows a commit
 is handed to one thread per process, which pushes everything waiting in one
@@ -9,9 +9,18 @@ the commit, and nothing after a rollback.
 A push that fails marks the row ``needs_push`` (pushed again by the
 scheduler loop). If the process dies with pushes still waiting, their rows
 are ``queued`` rows that Redis does not have: the scheduler loop's
-reconciliation pushes them (see ``recovery.py``). ``flush()`` waits until
-everything handed over is pushed; it runs at interpreter exit, and
-``manage.py`` commands and tests can call it.
+reconciliation pushes them (see ``recovery.py``).
+
+With ``DJANGO_JOBS["PUSH"] = "redis-first"``, a ``.delay()`` outside any
+transaction pushes the job to Redis itself, as django-rq does, and hands the
+row to another thread, which inserts the rows waiting in one go. The job
+carries its row's options in its RQ ``meta``, so a worker that takes it
+before its row is written (or after the process died with rows still
+waiting) writes a whole row itself; the late insert then keeps the worker's.
+A handle's reads in the same process wait for the rows first (``settle()``).
+
+``flush()`` waits until everything handed over is done; it runs at
+interpreter exit, and ``manage.py`` commands and tests can call it.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import logging
 import os
 import threading
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from django.db import connections
@@ -28,36 +38,45 @@ from redis.exceptions import RedisError
 
 logger = logging.getLogger("django_jobs.pusher")
 
-#: The most jobs one pipeline carries.
+#: The most jobs one pipeline carries, and the most rows one batch of inserts writes.
 BATCH = 500
 
 #: One push: (pending marker, job_id, func_name, queue_name, args, kwargs, options, using).
 Push = tuple[Any, str, str, str, list[Any], dict[str, Any], dict[str, Any], str]
 
 
-class Pusher:
-    """A thread that pushes committed jobs to Redis, many per round trip."""
+class Batcher:
+    """One thread per process that takes what callers hand over and handles many items at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str, handle: Callable[[list[Any]], None], *, keep_connections: bool) -> None:
+        self.name = name
+        self.handle = handle
+        # Keep this thread's database connection between batches (closed per CONN_MAX_AGE as a
+        # request's would be), or close it after each batch.
+        self.keep_connections = keep_connections
         self.lock = threading.Condition()
-        self.waiting: list[Push] = []
+        self.waiting: list[Any] = []
         self.busy = 0
         self.thread: threading.Thread | None = None
         self.pid = 0
 
-    def submit(self, *push: Any) -> None:
+    def submit(self, *item: Any) -> None:
         with self.lock:
             if self.thread is None or self.pid != os.getpid() or not self.thread.is_alive():
                 # First use, or a forked child (threads do not survive fork): start one here.
                 self.pid = os.getpid()
                 self.waiting, self.busy = [], 0
-                self.thread = threading.Thread(target=self._run, name="django-jobs-pusher", daemon=True)
+                self.thread = threading.Thread(target=self._run, name=self.name, daemon=True)
                 self.thread.start()
-            self.waiting.append(push)
+            self.waiting.append(item)
             self.lock.notify_all()
 
+    def idle(self) -> bool:
+        """Whether nothing this process handed over is still waiting or being handled."""
+        return self.pid != os.getpid() or (not self.waiting and not self.busy)
+
     def flush(self, timeout: float | None = 10.0) -> bool:
-        """Wait until every job handed over is pushed (or its row marked); False on timeout."""
+        """Wait until everything handed over is handled; False on timeout."""
         with self.lock:
             if self.pid != os.getpid():
                 return True
@@ -70,11 +89,15 @@ class Pusher:
                 batch, self.waiting = self.waiting[:BATCH], self.waiting[BATCH:]
                 self.busy = len(batch)
             try:
-                push_batch(batch)
-            except Exception:  # never let the thread die: the rows stay for reconciliation
-                logger.exception("Background push of %d jobs failed", len(batch))
+                self.handle(batch)
+            except Exception:  # never let the thread die
+                logger.exception("%s: a batch of %d failed", self.name, len(batch))
             finally:
-                connections.close_all()  # only this thread's, if a push had to write a row
+                for connection in connections.all(initialized_only=True):  # this thread's only
+                    if self.keep_connections:
+                        connection.close_if_unusable_or_obsolete()
+                    else:
+                        connection.close()
                 with self.lock:
                     self.busy = 0
                     self.lock.notify_all()
@@ -118,12 +141,43 @@ def push_batch(batch: list[Push]) -> None:
                 mark_push_failed_many(job_ids, using)
 
 
-pusher = Pusher()
+def write_rows(batch: list[tuple[str, dict[str, Any]]]) -> None:
+    """Insert rows of jobs already in Redis, many per statement; a row a worker wrote first is kept."""
+    from .records import create_many
+
+    by_alias: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for using, row in batch:
+        by_alias[using].append(row)
+    for using, rows in by_alias.items():
+        try:
+            create_many(rows, using, skip_existing=True)
+        except Exception as exc:
+            # The jobs are in Redis: a worker writes each one's row when it takes the job.
+            logger.warning(
+                "Could not write the rows of %d jobs already in Redis to database %r: %s. Each job "
+                "still runs; its worker writes the row when it takes the job.",
+                len(rows),
+                using,
+                exc,
+            )
+
+
+#: Pushes after the commit, with ``PUSH = "background"``: a push that fails marks its row.
+pusher = Batcher("django-jobs-pusher", push_batch, keep_connections=False)
+#: Rows after the push, with ``PUSH = "redis-first"``.
+row_writer = Batcher("django-jobs-row-writer", write_rows, keep_connections=True)
 
 
 def flush(timeout: float | None = 10.0) -> bool:
-    """Wait for this process's background pushes; return False if some are still waiting."""
-    return pusher.flush(timeout)
+    """Wait for this process's background pushes and row writes; False if some are still waiting."""
+    pushed = pusher.flush(timeout)
+    return row_writer.flush(timeout) and pushed
+
+
+def settle() -> None:
+    """Write the rows this process has pushed ahead of them, so that a read sees them."""
+    if not row_writer.idle():
+        row_writer.flush(timeout=None)
 
 
 atexit.register(flush)

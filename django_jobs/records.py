@@ -52,6 +52,7 @@ def create(
     scheduled_for: Any = None,
     periodic_job_id: int | None = None,
     unique_key: str | None = None,
+    needs_push: bool = False,
 ) -> None:
     """Insert the row of a job being enqueued: one plain INSERT (the ORM's cost more than it)."""
     from django.db import connections
@@ -69,6 +70,7 @@ def create(
         "scheduled_for": scheduled_for,
         "periodic_job_id": periodic_job_id,
         "unique_key": unique_key,
+        "needs_push": needs_push,
     }
     sql, fields = _insert_sql(connection.alias)
     params = [
@@ -142,21 +144,31 @@ def mark_waiting_for_limit(job_id: str, until: datetime) -> bool:
 BULK_BATCH_SIZE = 1000
 
 
-def create_many(rows: list[dict[str, Any]], using: str) -> None:
+def create_many(rows: list[dict[str, Any]], using: str, *, skip_existing: bool = False) -> None:
     """Insert the rows of jobs enqueued together: plain multi-row INSERTs of up to
-    ``BULK_BATCH_SIZE`` rows (fewer where the database takes fewer parameters).
+    ``BULK_BATCH_SIZE`` rows (fewer where the database takes fewer parameters), or on
+    PostgreSQL one single-row INSERT run for every row with ``executemany()``.
 
     Each row gives its fields by name; the others get their defaults, and
     ``enqueued_at`` is now. Built as :func:`create` builds its INSERT: the
-    ORM's ``bulk_create()`` cost more than the statements.
+    ORM's ``bulk_create()`` cost more than the statements. With
+    ``skip_existing`` a row whose id is taken already is left out, and the
+    existing row kept.
     """
     from django.db import connections
+    from django.db.models.constants import OnConflict
 
     if not rows:
         return
     connection = connections[using]
     sql, fields = _insert_sql(connection.alias)
     head, marks = sql.split(" VALUES ", 1)
+    suffix = ""
+    if skip_existing:
+        head = head.replace("INSERT INTO", connection.ops.insert_statement(on_conflict=OnConflict.IGNORE), 1)
+        suffix = connection.ops.on_conflict_suffix_sql([], OnConflict.IGNORE, None, None)
+        suffix = f" {suffix}" if suffix else ""
+        sql = f"{head} VALUES {marks}{suffix}"
     size = min(BULK_BATCH_SIZE, connection.ops.bulk_batch_size([field for field, _ in fields], rows)) or 1
     given = set(rows[0])
     if any(set(values) != given for values in rows):
@@ -173,15 +185,22 @@ def create_many(rows: list[dict[str, Any]], using: str) -> None:
         )
         for field, default in fields
     ]
+
+    def prepared(values: dict[str, Any]) -> list[Any]:
+        return [
+            default if prep is None else prep(values[name], connection) for name, prep, default in columns
+        ]
+
     with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            # psycopg sends a one-row INSERT for many rows in one pipeline: faster here than
+            # one statement with thousands of placeholders, which it parses again each time.
+            cursor.executemany(sql, [prepared(values) for values in rows])
+            return
         for start in range(0, len(rows), size):
             chunk = rows[start : start + size]
-            params = [
-                prepared if prep is None else prep(values[name], connection)
-                for values in chunk
-                for name, prep, prepared in columns
-            ]
-            cursor.execute(f"{head} VALUES {', '.join([marks] * len(chunk))}", params)
+            params = [param for values in chunk for param in prepared(values)]
+            cursor.execute(f"{head} VALUES {', '.join([marks] * len(chunk))}{suffix}", params)
 
 
 def claim_due(job_ids: list[str], using: str) -> int:
@@ -193,8 +212,17 @@ def claim_due(job_ids: list[str], using: str) -> int:
     )
 
 
-def _create_from_job(job: Job, **fields: Any) -> None:
-    """Insert a row for a job that was enqueued without django_jobs (plain RQ)."""
+#: The RQ ``meta`` key of a job pushed ahead of its row: the row's options (retry policy…).
+ROW_OPTIONS_META = "django_jobs_options"
+
+
+def _create_from_job(job: Job, **fields: Any) -> bool:
+    """Insert the row of a job that has none: one enqueued with plain RQ, or pushed ahead of its row.
+
+    False if the row appeared meanwhile (its enqueuing process wrote it): it is left as it is.
+    """
+    from django.db import IntegrityError, transaction
+
     from .payload import to_jsonable
 
     try:
@@ -205,15 +233,24 @@ def _create_from_job(job: Job, **fields: Any) -> None:
         func_name = job.func_name or ""
     except Exception:  # its payload cannot be read: the failure that follows says so
         func_name = ""
-    JobRecord.objects.using(db_alias()).create(
-        id=job.id,
-        func_name=func_name,
-        queue=job.origin,
-        args=args,
-        kwargs=kwargs,
-        enqueued_at=timezone.now(),
-        **fields,
-    )
+    options = (job.meta or {}).get(ROW_OPTIONS_META)
+    try:
+        with transaction.atomic(using=db_alias()):
+            JobRecord.objects.using(db_alias()).create(
+                id=job.id,
+                func_name=func_name,
+                queue=job.origin,
+                args=args,
+                kwargs=kwargs,
+                options=options if isinstance(options, dict) else {},
+                enqueued_at=timezone.now(),
+                **fields,
+            )
+    except IntegrityError:
+        if not JobRecord.objects.using(db_alias()).filter(pk=job.id).exists():
+            raise
+        return False
+    return True
 
 
 def _execute(sql: str, params: list[Any]) -> int:
@@ -269,18 +306,28 @@ def mark_started_by_id(job_id: str, worker_name: str, at: datetime | None = None
     A start older than the row's last end is skipped: it is a late write of
     an attempt that already ended (written back after a database outage).
     """
-    if _execute(*_start_statement(job_id, worker_name, at)):
+    statement = _start_statement(job_id, worker_name, at)
+    if _execute(*statement):
         return True
-    return JobRecord.objects.using(db_alias()).filter(pk=job_id).exists()
+    if not JobRecord.objects.using(db_alias()).filter(pk=job_id).exists():
+        return False
+    # A late start changes nothing again; a row its enqueuing process wrote just now is started.
+    _execute(*statement)
+    return True
 
 
 def mark_started(job: Job, worker_name: str, at: datetime | None = None) -> None:
-    """The job is running; a job enqueued with plain RQ gets its row now."""
+    """The job is running; a job without a row (enqueued with plain RQ, or pushed ahead of its
+    row) gets one now."""
     now = at or timezone.now()
-    if not mark_started_by_id(job.id, worker_name, now):
-        _create_from_job(
-            job, attempts=1, status=JobStatus.STARTED, started_at=now, ended_at=None, worker_name=worker_name
-        )
+    if mark_started_by_id(job.id, worker_name, now):
+        return
+    created = _create_from_job(
+        job, attempts=1, status=JobStatus.STARTED, started_at=now, ended_at=None, worker_name=worker_name
+    )
+    if not created:
+        # Its enqueuing process wrote the row in between: start that one.
+        mark_started_by_id(job.id, worker_name, now)
 
 
 def mark_finished(job_id: str, result: Any, at: datetime | None = None) -> None:

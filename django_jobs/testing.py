@@ -148,7 +148,7 @@ def run_burst(queues: list[str] | None = None, **worker_kwargs: Any) -> bool:
     Meant for tests that use real Redis; the rows must be committed (for
     pytest-django, ``@pytest.mark.django_db(transaction=True)``). Pushes
     still waiting in the background (``DJANGO_JOBS["PUSH"] = "background"``)
-    are made first.
+    are made first, and so are the row writes of ``"redis-first"``.
     """
     from .pusher import flush
     from .queues import get_connection, get_queues, queue_names, resolve_serializer

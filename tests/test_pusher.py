@@ -72,7 +72,7 @@ def test_push_mode_is_checked(settings: Any) -> None:
     settings.DJANGO_JOBS = {"PUSH": "later"}
     messages = check_options()
     assert [m.id for m in messages] == ["django_jobs.E004"]
-    assert "'immediate' or 'background'" in messages[0].msg
+    assert "'immediate', 'background' or 'redis-first'" in messages[0].msg
 
 
 def test_run_burst_waits_for_background_pushes() -> None:
