@@ -442,20 +442,28 @@ class Bench:
         n, repeat = self.args.jobs, self.args.repeat
         print(f"enqueue: {n} jobs one by one, {n * 2} in bulk, {repeat} runs each", flush=True)
         for function in ("noop", "small"):
-            kinds = ("plain", "djrq", "djrq-queue", "jobs", "jobs-atomic", "jobs-background")
+            kinds = (
+                "plain",
+                "djrq",
+                "djrq-queue",
+                "jobs",
+                "jobs-atomic",
+                "jobs-background",
+                "jobs-redis-first",
+            )
             one: dict[str, list[float]] = {kind: [] for kind in kinds}
             bulk: dict[str, list[float]] = {s: [] for s in SYSTEMS}
             for _ in range(repeat):
                 for kind in kinds:
                     self.flush()
-                    enqueue = self.enqueue_one(
-                        kind.removesuffix("-atomic").removesuffix("-background"), function
-                    )
+                    system, _, variant = kind.partition("-")
+                    enqueue = self.enqueue_one(kind if system == "djrq" else system, function)
                     # "jobs-atomic": every .delay() in one transaction, so the rows share one commit.
-                    block = transaction.atomic() if kind == "jobs-atomic" else contextlib.nullcontext()
-                    # "jobs-background": DJANGO_JOBS["PUSH"] = "background"; the clock stops once
-                    # every job is in Redis (pusher.flush()), not when the last .delay() returns.
-                    mode = "background" if kind == "jobs-background" else "immediate"
+                    block = transaction.atomic() if variant == "atomic" else contextlib.nullcontext()
+                    # "jobs-background" and "jobs-redis-first": DJANGO_JOBS["PUSH"]; the clock stops
+                    # once every job is in Redis and every row is written (pusher.flush()), not when
+                    # the last .delay() returns.
+                    mode = variant if variant in ("background", "redis-first") else "immediate"
                     with override_settings(DJANGO_JOBS={"AUTODISCOVER": (), "PUSH": mode}):
                         started = time.perf_counter()
                         with block:
@@ -499,6 +507,20 @@ class Bench:
                     },
                     runs={"jobs": one["jobs-background"]},
                     note="the rate counts until every job is in Redis",
+                )
+            )
+            self.add(
+                Row(
+                    f"enqueue.redis-first.{function}",
+                    f"  .delay() with PUSH='redis-first', {function}",
+                    "rate",
+                    {
+                        "plain": median(one["plain"]),
+                        "djrq": median(one["djrq"]),
+                        "jobs": median(one["jobs-redis-first"]),
+                    },
+                    runs={"jobs": one["jobs-redis-first"]},
+                    note="the rate counts until every job is in Redis and every row is written",
                 )
             )
             self.add(
@@ -606,6 +628,22 @@ class Bench:
             self.say(
                 ", ".join(f"{TITLES[s]} p50 {percentile(results[s], 0.5) * 1000:.2f} ms" for s in SYSTEMS)
             )
+            if worker == "simple":  # and django_jobs' .delay() with PUSH = "redis-first"
+                from django.test.utils import override_settings
+
+                from django_jobs import pusher
+
+                self.flush()
+                with override_settings(DJANGO_JOBS={"AUTODISCOVER": (), "PUSH": "redis-first"}):
+                    redis_first = self.latency_of("jobs", "simple", samples)
+                    pusher.flush(timeout=None)
+                self.flush()
+                for name, fraction in (("p50", 0.5), ("p99", 0.99)):
+                    values = {s: percentile(results[s], fraction) * 1000 for s in SYSTEMS}
+                    values["jobs"] = percentile(redis_first, fraction) * 1000
+                    label = f"  SimpleWorker, PUSH='redis-first', {name}"
+                    self.add(Row(f"latency.simple-redis-first.{name}", label, "ms", values))
+                self.say(f"django_jobs, PUSH='redis-first': p50 {percentile(redis_first, 0.5) * 1000:.2f} ms")
             if worker == "fork":  # and django_jobs' forking Worker with prefork = False
                 self.flush()
                 at_dequeue = self.latency_of("jobs", "fork-at-dequeue", samples)
@@ -905,7 +943,7 @@ def apply_targets(rows: list[Row]) -> None:
         jobs = row.values.get("jobs")
         if jobs is None:
             continue
-        if row.key.startswith(("enqueue.one.", "enqueue.background.")):
+        if row.key.startswith(("enqueue.one.", "enqueue.background.", "enqueue.redis-first.")):
             versus = ratio(row, "djrq")
             row.target = f">= 0.8x django-rq .delay() ({versus:.2f}x)" if versus is not None else ""
             row.met = versus is not None and versus >= 0.8
