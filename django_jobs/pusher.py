@@ -29,6 +29,7 @@ import atexit
 import logging
 import os
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -48,12 +49,19 @@ Push = tuple[Any, str, str, str, list[Any], dict[str, Any], dict[str, Any], str]
 class Batcher:
     """One thread per process that takes what callers hand over and handles many items at a time."""
 
-    def __init__(self, name: str, handle: Callable[[list[Any]], None], *, keep_connections: bool) -> None:
+    def __init__(
+        self, name: str, handle: Callable[[list[Any]], None], *, keep_connections: bool, linger: float = 0.0
+    ) -> None:
         self.name = name
         self.handle = handle
         # Keep this thread's database connection between batches (closed per CONN_MAX_AGE as a
         # request's would be), or close it after each batch.
         self.keep_connections = keep_connections
+        # Seconds to wait for more items when the last batch was taken less than that ago, unless
+        # the batch is full first or somebody waits in flush(): fewer, bigger batches when items
+        # come one after another, and no wait for one that comes alone.
+        self.linger = linger
+        self.hurry = False
         self.lock = threading.Condition()
         self.waiting: list[Any] = []
         self.busy = 0
@@ -80,12 +88,21 @@ class Batcher:
         with self.lock:
             if self.pid != os.getpid():
                 return True
+            if self.waiting:
+                self.hurry = True
+                self.lock.notify_all()
             return self.lock.wait_for(lambda: not self.waiting and not self.busy, timeout)
 
     def _run(self) -> None:
+        taken = 0.0  # when the last batch was taken
         while True:
             with self.lock:
                 self.lock.wait_for(lambda: bool(self.waiting))
+                if self.linger and time.monotonic() - taken < self.linger:
+                    # Items keep coming: wait for more rather than handle them one by one.
+                    self.lock.wait_for(lambda: self.hurry or len(self.waiting) >= BATCH, self.linger)
+                taken = time.monotonic()
+                self.hurry = False
                 batch, self.waiting = self.waiting[:BATCH], self.waiting[BATCH:]
                 self.busy = len(batch)
             try:
@@ -162,10 +179,14 @@ def write_rows(batch: list[tuple[str, dict[str, Any]]]) -> None:
             )
 
 
+#: Seconds the row writer waits for more rows while they keep coming (.delay() in a loop):
+#: rows written a moment later, many per statement.
+ROW_WRITE_LINGER = 0.02
+
 #: Pushes after the commit, with ``PUSH = "background"``: a push that fails marks its row.
 pusher = Batcher("django-jobs-pusher", push_batch, keep_connections=False)
 #: Rows after the push, with ``PUSH = "redis-first"``.
-row_writer = Batcher("django-jobs-row-writer", write_rows, keep_connections=True)
+row_writer = Batcher("django-jobs-row-writer", write_rows, keep_connections=True, linger=ROW_WRITE_LINGER)
 
 
 def flush(timeout: float | None = 10.0) -> bool:

@@ -142,12 +142,16 @@ def mark_waiting_for_limit(job_id: str, until: datetime) -> bool:
 
 #: Rows per INSERT when jobs are enqueued together (SQLite may need fewer: Django lowers it).
 BULK_BATCH_SIZE = 1000
+#: On PostgreSQL, more rows than this go as one-row INSERTs in a pipeline (``executemany()``);
+#: fewer as one multi-row INSERT, which was faster for a few dozen rows here.
+PIPELINE_ABOVE = 200
 
 
 def create_many(rows: list[dict[str, Any]], using: str, *, skip_existing: bool = False) -> None:
     """Insert the rows of jobs enqueued together: plain multi-row INSERTs of up to
-    ``BULK_BATCH_SIZE`` rows (fewer where the database takes fewer parameters), or on
-    PostgreSQL one single-row INSERT run for every row with ``executemany()``.
+    ``BULK_BATCH_SIZE`` rows (fewer where the database takes fewer parameters), or for
+    more than ``PIPELINE_ABOVE`` rows on PostgreSQL a one-row INSERT run for every row
+    with ``executemany()``.
 
     Each row gives its fields by name; the others get their defaults, and
     ``enqueued_at`` is now. Built as :func:`create` builds its INSERT: the
@@ -192,7 +196,7 @@ def create_many(rows: list[dict[str, Any]], using: str, *, skip_existing: bool =
         ]
 
     with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
+        if connection.vendor == "postgresql" and len(rows) > PIPELINE_ABOVE:
             # psycopg sends a one-row INSERT for many rows in one pipeline: faster here than
             # one statement with thousands of placeholders, which it parses again each time.
             cursor.executemany(sql, [prepared(values) for values in rows])

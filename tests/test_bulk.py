@@ -42,15 +42,28 @@ def test_map_writes_a_row_per_item_and_queues_them_in_order() -> None:
     assert (job.func_name, job.args, job.kwargs) == ("tests.testapp.jobs.add", [], {"a": 5, "b": 6})
 
 
-def test_map_inserts_the_rows_in_one_go() -> None:
+def test_map_inserts_the_rows_with_one_statement() -> None:
     with CaptureQueriesContext(connection) as queries:
         handles = add.map((index, index) for index in range(20))
     statements = [query["sql"] for query in queries if query["sql"] not in ("BEGIN", "COMMIT")]
-    assert len(statements) == 1  # no read, no update
-    # SQLite: one INSERT of 20 rows; PostgreSQL: a one-row INSERT sent 20 times in one pipeline.
-    prefix = "20 times: " if connection.vendor == "postgresql" else ""
-    assert statements[0].upper().startswith(f"{prefix}INSERT".upper())
+    assert len(statements) == 1  # no read, no update: one INSERT of 20 rows
+    assert statements[0].upper().startswith("INSERT")
     assert JobRecord.objects.filter(pk__in=[h.id for h in handles]).count() == 20
+
+
+def test_many_rows_go_in_one_request_on_postgresql() -> None:
+    from django_jobs.records import PIPELINE_ABOVE
+
+    count = PIPELINE_ABOVE + 1
+    with CaptureQueriesContext(connection) as queries:
+        handles = add.map((index, 0) for index in range(count))
+    statements = [query["sql"] for query in queries if query["sql"] not in ("BEGIN", "COMMIT")]
+    # PostgreSQL: a one-row INSERT sent for every row in one pipeline; elsewhere multi-row INSERTs.
+    prefix = f"{count} times: " if connection.vendor == "postgresql" else ""
+    assert statements and all(sql.upper().startswith(f"{prefix}INSERT".upper()) for sql in statements)
+    assert len(statements) == 1 or connection.vendor != "postgresql"
+    assert sorted(JobRecord.objects.values_list("args", flat=True)) == sorted([i, 0] for i in range(count))
+    assert queued_ids() == [handle.id for handle in handles]
 
 
 def test_a_long_list_is_inserted_in_batches_and_every_job_is_queued() -> None:
