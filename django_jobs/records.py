@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from django.db import router
@@ -238,6 +238,11 @@ def _create_from_job(job: Job, **fields: Any) -> bool:
     except Exception:  # its payload cannot be read: the failure that follows says so
         func_name = ""
     options = (job.meta or {}).get(ROW_OPTIONS_META)
+    enqueued_at = getattr(job, "enqueued_at", None)
+    if not isinstance(enqueued_at, datetime):
+        enqueued_at = timezone.now()
+    elif timezone.is_naive(enqueued_at):
+        enqueued_at = enqueued_at.replace(tzinfo=UTC)  # RQ keeps UTC
     try:
         with transaction.atomic(using=db_alias()):
             JobRecord.objects.using(db_alias()).create(
@@ -247,7 +252,7 @@ def _create_from_job(job: Job, **fields: Any) -> bool:
                 args=args,
                 kwargs=kwargs,
                 options=options if isinstance(options, dict) else {},
-                enqueued_at=timezone.now(),
+                enqueued_at=enqueued_at,
                 **fields,
             )
     except IntegrityError:

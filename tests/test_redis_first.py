@@ -99,6 +99,7 @@ def test_a_worker_that_takes_the_job_first_writes_the_row_and_the_late_insert_ke
         assert result.returncode == 0, result.stderr
         row = JobRecord.objects.get(pk=handle.id)
         assert (row.status, row.result, row.attempts, row.args) == ("finished", 42, 1, [20, 22])
+        assert row.enqueued_at <= row.started_at  # the time of the push, kept by RQ
     assert flush()
     row = JobRecord.objects.get(pk=handle.id)
     assert (row.status, row.result, row.attempts) == ("finished", 42, 1)  # the late insert skipped
