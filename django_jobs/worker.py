@@ -16,7 +16,9 @@ import json
 import logging
 import math
 import os
+import pickle
 import signal
+import struct
 import tempfile
 import threading
 import time
@@ -586,9 +588,13 @@ class Worker(RecordingWorkerMixin, RQWorker):
             "queue": queue.name,
             "execution": execution.id if execution is not None else None,
             "created_at": execution.created_at.timestamp() if execution is not None else None,
+            # The job's hash as Redis has it now (RQ's own save writes the same mapping): the
+            # work-horse need not fetch it again.
+            "hash": _stored_form(job.to_dict()),
         }
+        payload = pickle.dumps(order, protocol=pickle.HIGHEST_PROTOCOL)
         try:
-            handed = spare.alive() and os.write(spare.order_fd, (json.dumps(order) + "\n").encode()) > 0
+            handed = spare.alive() and _write_all(spare.order_fd, struct.pack("!I", len(payload)) + payload)
         except OSError:  # it exited since: the pipe has no reader
             handed = False
         if not handed:
@@ -629,13 +635,19 @@ class Worker(RecordingWorkerMixin, RQWorker):
         with contextlib.suppress(RedisError, OSError):
             self.connection.ping()  # its own Redis connection, made now rather than at the job
         with os.fdopen(order_fd, "rb") as orders:
-            line = orders.readline()
-        if not line:
+            head = orders.read(4)
+            payload = orders.read(struct.unpack("!I", head)[0]) if len(head) == 4 else b""
+        if not payload:
             os._exit(0)  # the worker is done with it (or gone)
-        order = json.loads(line)
+        order = pickle.loads(payload)  # from the worker, this process's parent
         from rq.executions import Execution as RQExecution
 
-        job = self.job_class.fetch(order["job"], connection=self.connection, serializer=self.serializer)
+        job: Job = self.job_class(order["job"], connection=self.connection, serializer=self.serializer)
+        try:
+            job.restore(order["hash"])
+        except Exception:
+            logger.warning("Job %s as handed over could not be read; fetching it from Redis", order["job"])
+            job = self.job_class.fetch(order["job"], connection=self.connection, serializer=self.serializer)
         queue = next((q for q in self.queues if q.name == order["queue"]), None)
         if queue is None:
             queue = self.queue_class(order["queue"], connection=self.connection, serializer=self.serializer)
@@ -696,6 +708,26 @@ class Worker(RecordingWorkerMixin, RQWorker):
                 _write(self.connection, item["step"], item["job_id"], partial(spool.apply, item), **fields)
             except Exception:  # never lose the worker over one write; the scheduler repairs the row
                 logger.exception("Could not record %s of job %s", item["step"], item["job_id"])
+
+
+def _stored_form(mapping: dict[str, Any]) -> dict[bytes, bytes]:
+    """A job's ``to_dict()`` as Redis stores it and ``HGETALL`` returns it: bytes for everything."""
+    stored = {}
+    for key, value in mapping.items():
+        if isinstance(value, bytes):
+            stored[key.encode()] = value
+        elif isinstance(value, str):  # a str enum (the status) too: its value, as redis-py sends it
+            stored[key.encode()] = value.encode()
+        else:
+            stored[key.encode()] = repr(value).encode()
+    return stored
+
+
+def _write_all(fd: int, data: bytes) -> bool:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    return True
 
 
 def _own_process_group(pid: int) -> None:

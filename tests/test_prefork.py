@@ -19,7 +19,7 @@ from django.db import connection
 from django_jobs.models import JobRecord
 from tests.conftest import ROOT, wait_for
 from tests.test_worker import start_worker, stop_worker
-from tests.testapp.jobs import add, bump, child_processes, pid, sleep_for, worker_children
+from tests.testapp.jobs import add, bump, child_processes, pid, seen_from_inside, sleep_for, worker_children
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -143,3 +143,57 @@ def test_a_stop_before_the_job_has_a_process_stops_it(worker_class: str) -> None
     record = JobRecord.objects.get(pk=handle.id)
     assert record.status == "stopped", (record.status, record.error)
     assert record.attempts == 1
+
+
+def test_the_spare_gets_the_job_as_redis_holds_it() -> None:
+    from rq import Queue, Retry
+    from rq.job import Job
+    from rq.serializers import JSONSerializer
+
+    from django_jobs.queues import get_connection
+    from django_jobs.worker import _stored_form
+
+    # The hand-over sends the worker's copy of the job instead of a second fetch: the same bytes.
+    redis = get_connection("default")
+    queue = Queue("plain", connection=redis, serializer=JSONSerializer)
+    parent = queue.enqueue("math.sqrt", 9)
+    rq_job = queue.enqueue(
+        "math.sqrt",
+        4,
+        result_ttl=60,
+        ttl=300,
+        failure_ttl=50,
+        job_timeout=30,
+        meta={"a": 1.5},
+        description="d",
+        retry=Retry(max=2, interval=[1, 2]),
+        depends_on=parent,
+    )
+    handle = add.delay(1, 2)
+    for job_id in (rq_job.id, parent.id, handle.id):
+        fetched = Job.fetch(job_id, connection=redis, serializer=JSONSerializer)
+        assert _stored_form(fetched.to_dict()) == redis.hgetall(fetched.key)
+
+
+def test_a_job_run_by_the_spare_sees_its_own_data() -> None:
+    worker = start_worker("default", "--name", "w-sees")
+    try:
+        spare_of(worker)
+        handles = [seen_from_inside.delay(value) for value in range(3)]
+        views = [handle.wait(timeout=60) for handle in handles]
+    finally:
+        code, output = stop_worker(worker)
+    assert code == 0, output
+    assert "could not be read" not in output  # each took the job as handed over, with no fetch
+    assert views == [
+        {
+            "id": handle.id,
+            "args": [value],
+            "timeout": 45,
+            "description": "seen from inside",
+            "origin": "default",
+            "status": "started",
+            "worker_name": "w-sees",
+        }
+        for value, handle in enumerate(handles)
+    ]

@@ -326,3 +326,21 @@ def worker_children(seconds: float) -> int:
     """After ``seconds``, how many processes the worker running this job has (this one included)."""
     time.sleep(seconds)
     return len(child_processes(os.getppid()))
+
+
+@job(timeout=45, description="seen from inside")
+def seen_from_inside(value: int) -> dict[str, Any]:
+    """What the running job's RQ job says about itself (the work-horse's copy of it)."""
+    from rq import get_current_job
+
+    current = get_current_job()
+    assert current is not None
+    return {
+        "id": current.id,
+        "args": list(current.args),
+        "timeout": current.timeout,
+        "description": current.description,
+        "origin": current.origin,
+        "status": current.get_status(refresh=False).value,
+        "worker_name": current.worker_name,
+    }
