@@ -571,7 +571,7 @@ class Worker(RecordingWorkerMixin, RQWorker):
         if self._stopped_job_id == job.id:
             self.kill_horse()  # stopped before its process had it (see kill_horse())
         if self.prefork:
-            self._fork_spare()  # the next job's process, forked while this job runs
+            self._fork_spare(job)  # the next job's process, forked while this job runs
 
     def kill_horse(self, sig: signal.Signals = signal.SIGKILL) -> None:
         # A stop request can come between the execution's start and the fork (or hand-over):
@@ -582,19 +582,8 @@ class Worker(RecordingWorkerMixin, RQWorker):
 
     def _hand_over(self, spare: _Spare, job: Job, queue: Queue) -> bool:
         """Give ``job`` to the spare; False if the spare is gone (then the caller forks)."""
-        execution = self.execution
-        order = {
-            "job": job.id,
-            "queue": queue.name,
-            "execution": execution.id if execution is not None else None,
-            "created_at": execution.created_at.timestamp() if execution is not None else None,
-            # The job's hash as Redis has it now (RQ's own save writes the same mapping): the
-            # work-horse need not fetch it again.
-            "hash": _stored_form(job.to_dict()),
-        }
-        payload = pickle.dumps(order, protocol=pickle.HIGHEST_PROTOCOL)
         try:
-            handed = spare.alive() and _write_all(spare.order_fd, struct.pack("!I", len(payload)) + payload)
+            handed = spare.alive() and _write_all(spare.order_fd, _order(job, queue, self.execution))
         except OSError:  # it exited since: the pipe has no reader
             handed = False
         if not handed:
@@ -609,14 +598,15 @@ class Worker(RecordingWorkerMixin, RQWorker):
         self.procline(f"Handed job {job.id} to {spare.pid} at {time.time()}")  # type: ignore[no-untyped-call]
         return True
 
-    def _fork_spare(self) -> None:
+    def _fork_spare(self, sample: Job | None = None) -> None:
+        """Fork the next job's process; ``sample``, the job running now, lets it warm up."""
         outbox = tempfile.TemporaryFile()  # noqa: SIM115 (closed with the spare or in _apply_outbox)
         order_fd, write_fd = os.pipe()
         pid = os.fork()
         if pid == 0:
             os.close(write_fd)
             try:
-                self._spare_main(order_fd, outbox)
+                self._spare_main(order_fd, outbox, sample)
             except BaseException:  # nothing may escape a forked child
                 logger.exception("Spare work-horse of worker %s failed", self.name)
                 os._exit(1)
@@ -625,7 +615,7 @@ class Worker(RecordingWorkerMixin, RQWorker):
         _own_process_group(pid)
         self._spare = _Spare(pid, write_fd, outbox)
 
-    def _spare_main(self, order_fd: int, outbox: IO[bytes]) -> None:
+    def _spare_main(self, order_fd: int, outbox: IO[bytes], sample: Job | None) -> None:
         """In the spare: get ready, wait for a job, run it as RQ's work-horse would."""
         os.setpgrp()
         self.setup_work_horse_signals()  # type: ignore[no-untyped-call]
@@ -634,20 +624,20 @@ class Worker(RecordingWorkerMixin, RQWorker):
             self._outbox.close()
         with contextlib.suppress(RedisError, OSError):
             self.connection.ping()  # its own Redis connection, made now rather than at the job
+        if sample is not None:
+            # Read an order for the job running now, and throw it away. A forked child's first
+            # write to each memory page it shares with the worker copies the page (hundreds of
+            # pages here): reading the real order then touches pages already copied.
+            with contextlib.suppress(Exception):
+                self._read_order(_order(sample, None, None)[4:], warm_up=True)
         with os.fdopen(order_fd, "rb") as orders:
             head = orders.read(4)
             payload = orders.read(struct.unpack("!I", head)[0]) if len(head) == 4 else b""
         if not payload:
             os._exit(0)  # the worker is done with it (or gone)
-        order = pickle.loads(payload)  # from the worker, this process's parent
         from rq.executions import Execution as RQExecution
 
-        job: Job = self.job_class(order["job"], connection=self.connection, serializer=self.serializer)
-        try:
-            job.restore(order["hash"])
-        except Exception:
-            logger.warning("Job %s as handed over could not be read; fetching it from Redis", order["job"])
-            job = self.job_class.fetch(order["job"], connection=self.connection, serializer=self.serializer)
+        order, job = self._read_order(payload)
         queue = next((q for q in self.queues if q.name == order["queue"]), None)
         if queue is None:
             queue = self.queue_class(order["queue"], connection=self.connection, serializer=self.serializer)
@@ -663,6 +653,19 @@ class Worker(RecordingWorkerMixin, RQWorker):
         self._start_sent = job.id
         self._outbox = outbox
         self.main_work_horse(job, queue)
+
+    def _read_order(self, payload: bytes, warm_up: bool = False) -> tuple[dict[str, Any], Job]:
+        """The order the worker sent (see :func:`_order`), and its job, without a fetch."""
+        order = pickle.loads(payload)  # from the worker, this process's parent
+        job: Job = self.job_class(order["job"], connection=self.connection, serializer=self.serializer)
+        try:
+            job.restore(order["hash"])
+        except Exception:
+            if warm_up:
+                raise
+            logger.warning("Job %s as handed over could not be read; fetching it from Redis", order["job"])
+            job = self.job_class.fetch(order["job"], connection=self.connection, serializer=self.serializer)
+        return order, job
 
     def main_work_horse(self, job: Job, queue: Queue) -> None:
         # In the child. A connection must never be used by both processes: drop the inherited
@@ -708,6 +711,23 @@ class Worker(RecordingWorkerMixin, RQWorker):
                 _write(self.connection, item["step"], item["job_id"], partial(spool.apply, item), **fields)
             except Exception:  # never lose the worker over one write; the scheduler repairs the row
                 logger.exception("Could not record %s of job %s", item["step"], item["job_id"])
+
+
+def _order(job: Job, queue: Queue | None, execution: Execution | None) -> bytes:
+    """The hand-over of ``job`` to a spare, framed for its pipe: a length, then the pickle.
+
+    It carries the job's hash as Redis has it now (RQ's own save writes the same mapping), so
+    that the work-horse need not fetch the job again.
+    """
+    order = {
+        "job": job.id,
+        "queue": queue.name if queue is not None else None,
+        "execution": execution.id if execution is not None else None,
+        "created_at": execution.created_at.timestamp() if execution is not None else None,
+        "hash": _stored_form(job.to_dict()),
+    }
+    payload = pickle.dumps(order, protocol=pickle.HIGHEST_PROTOCOL)
+    return struct.pack("!I", len(payload)) + payload
 
 
 def _stored_form(mapping: dict[str, Any]) -> dict[bytes, bytes]:
