@@ -628,22 +628,22 @@ class Bench:
             self.say(
                 ", ".join(f"{TITLES[s]} p50 {percentile(results[s], 0.5) * 1000:.2f} ms" for s in SYSTEMS)
             )
-            if worker == "simple":  # and django_jobs' .delay() with PUSH = "redis-first"
-                from django.test.utils import override_settings
+            # And django_jobs' .delay() with PUSH = "redis-first" (the job first, its row after).
+            from django.test.utils import override_settings
 
-                from django_jobs import pusher
+            from django_jobs import pusher
 
-                self.flush()
-                with override_settings(DJANGO_JOBS={"AUTODISCOVER": (), "PUSH": "redis-first"}):
-                    redis_first = self.latency_of("jobs", "simple", samples)
-                    pusher.flush(timeout=None)
-                self.flush()
-                for name, fraction in (("p50", 0.5), ("p99", 0.99)):
-                    values = {s: percentile(results[s], fraction) * 1000 for s in SYSTEMS}
-                    values["jobs"] = percentile(redis_first, fraction) * 1000
-                    label = f"  SimpleWorker, PUSH='redis-first', {name}"
-                    self.add(Row(f"latency.simple-redis-first.{name}", label, "ms", values))
-                self.say(f"django_jobs, PUSH='redis-first': p50 {percentile(redis_first, 0.5) * 1000:.2f} ms")
+            self.flush()
+            with override_settings(DJANGO_JOBS={"AUTODISCOVER": (), "PUSH": "redis-first"}):
+                redis_first = self.latency_of("jobs", worker, samples)
+                pusher.flush(timeout=None)
+            self.flush()
+            for name, fraction in (("p50", 0.5), ("p99", 0.99)):
+                values = {s: percentile(results[s], fraction) * 1000 for s in SYSTEMS}
+                values["jobs"] = percentile(redis_first, fraction) * 1000
+                label = f"  {title}, PUSH='redis-first', {name}"
+                self.add(Row(f"latency.{worker}-redis-first.{name}", label, "ms", values))
+            self.say(f"django_jobs, PUSH='redis-first': p50 {percentile(redis_first, 0.5) * 1000:.2f} ms")
             if worker == "fork":  # and django_jobs' forking Worker with prefork = False
                 self.flush()
                 at_dequeue = self.latency_of("jobs", "fork-at-dequeue", samples)
