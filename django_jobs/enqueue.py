@@ -203,6 +203,7 @@ def enqueue(
     stored_args, stored_kwargs = _checked_arguments(function, label, args, kwargs)
     unique_key = uniqueness.key_for(function, args, kwargs)
 
+    chosen_id = job_id is not None
     if job_id is None:
         job_id = new_job_id()
     elif not isinstance(job_id, str) or not _JOB_ID.match(job_id):
@@ -229,6 +230,7 @@ def enqueue(
     using = records.db_alias()
     if (
         conf.push == "redis-first"
+        and not chosen_id  # a taken id must fail at the row's insert, before any push
         and run_at is None
         and due_at is None
         and periodic_job_id is None

@@ -8,7 +8,7 @@ import threading
 from typing import Any
 
 import pytest
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.test.utils import override_settings
 
 from django_jobs import get_queue
@@ -65,6 +65,9 @@ def test_inside_atomic_the_row_joins_the_transaction_and_the_push_waits() -> Non
 
 
 def test_jobs_that_need_their_row_first_are_enqueued_as_before() -> None:
+    chosen = add.apply_async(args=(1, 1), job_id="chosen-id")
+    with pytest.raises(IntegrityError):
+        add.apply_async(args=(2, 2), job_id="chosen-id")  # the id is taken: nothing is pushed
     scheduled = add.apply_async(args=(1, 2), countdown=600)
     unique = unique_add.delay(5)
     limited = five_a_second.delay()
@@ -72,7 +75,8 @@ def test_jobs_that_need_their_row_first_are_enqueued_as_before() -> None:
     assert JobRecord.objects.get(pk=scheduled.id).status == "scheduled"
     assert JobRecord.objects.get(pk=unique.id).unique_key
     assert JobRecord.objects.get(pk=limited.id).status == "queued"
-    assert sorted(get_queue("default").get_job_ids()) == sorted([unique.id, limited.id])
+    assert sorted(get_queue("default").get_job_ids()) == sorted([chosen.id, unique.id, limited.id])
+    assert get_queue("default").fetch_job(chosen.id).args == [1, 1]
 
 
 def _closed_port() -> int:
