@@ -495,34 +495,24 @@ class Bench:
                     {"plain": None, "djrq": median(one["djrq-queue"]), "jobs": None},
                 )
             )
-            self.add(
-                Row(
-                    f"enqueue.background.{function}",
-                    f"  .delay() with PUSH='background', {function}",
-                    "rate",
-                    {
-                        "plain": median(one["plain"]),
-                        "djrq": median(one["djrq"]),
-                        "jobs": median(one["jobs-background"]),
-                    },
-                    runs={"jobs": one["jobs-background"]},
-                    note="the rate counts until every job is in Redis",
+            for mode, until in (
+                ("background", "every job is in Redis"),
+                ("redis-first", "every job is in Redis and every row is written"),
+            ):
+                self.add(
+                    Row(
+                        f"enqueue.{mode}.{function}",
+                        f"  .delay() with PUSH='{mode}', {function}",
+                        "rate",
+                        {
+                            "plain": median(one["plain"]),
+                            "djrq": median(one["djrq"]),
+                            "jobs": median(one[f"jobs-{mode}"]),
+                        },
+                        runs={"jobs": one[f"jobs-{mode}"]},
+                        note=f"the rate counts until {until}",
+                    )
                 )
-            )
-            self.add(
-                Row(
-                    f"enqueue.redis-first.{function}",
-                    f"  .delay() with PUSH='redis-first', {function}",
-                    "rate",
-                    {
-                        "plain": median(one["plain"]),
-                        "djrq": median(one["djrq"]),
-                        "jobs": median(one["jobs-redis-first"]),
-                    },
-                    runs={"jobs": one["jobs-redis-first"]},
-                    note="the rate counts until every job is in Redis and every row is written",
-                )
-            )
             self.add(
                 Row(
                     f"enqueue.atomic.{function}",
@@ -629,31 +619,29 @@ class Bench:
                 ", ".join(f"{TITLES[s]} p50 {percentile(results[s], 0.5) * 1000:.2f} ms" for s in SYSTEMS)
             )
             # And django_jobs' .delay() with PUSH = "redis-first" (the job first, its row after).
-            from django.test.utils import override_settings
-
-            from django_jobs import pusher
-
-            self.flush()
-            with override_settings(DJANGO_JOBS={"AUTODISCOVER": (), "PUSH": "redis-first"}):
-                redis_first = self.latency_of("jobs", worker, samples)
-                pusher.flush(timeout=None)
-            self.flush()
-            for name, fraction in (("p50", 0.5), ("p99", 0.99)):
-                values = {s: percentile(results[s], fraction) * 1000 for s in SYSTEMS}
-                values["jobs"] = percentile(redis_first, fraction) * 1000
-                label = f"  {title}, PUSH='redis-first', {name}"
-                self.add(Row(f"latency.{worker}-redis-first.{name}", label, "ms", values))
-            self.say(f"django_jobs, PUSH='redis-first': p50 {percentile(redis_first, 0.5) * 1000:.2f} ms")
+            self.extra_latency(results, worker, f"{worker}-redis-first", f"{title}, PUSH='redis-first'")
             if worker == "fork":  # and django_jobs' forking Worker with prefork = False
-                self.flush()
-                at_dequeue = self.latency_of("jobs", "fork-at-dequeue", samples)
-                self.flush()
-                for name, fraction in (("p50", 0.5), ("p99", 0.99)):
-                    values = {s: percentile(results[s], fraction) * 1000 for s in SYSTEMS}
-                    values["jobs"] = percentile(at_dequeue, fraction) * 1000
-                    label = f"  forking Worker, prefork off, {name}"
-                    self.add(Row(f"latency.fork-at-dequeue.{name}", label, "ms", values))
-                self.say(f"django_jobs, prefork off: p50 {percentile(at_dequeue, 0.5) * 1000:.2f} ms")
+                self.extra_latency(
+                    results, "fork-at-dequeue", "fork-at-dequeue", "forking Worker, prefork off"
+                )
+
+    def extra_latency(self, results: dict[str, list[float]], worker: str, key: str, title: str) -> None:
+        """A variant of django_jobs measured after the three systems: its p50 and p99 lines."""
+        from django.test.utils import override_settings
+
+        from django_jobs import pusher
+
+        push = "redis-first" if key.endswith("-redis-first") else "immediate"
+        self.flush()
+        with override_settings(DJANGO_JOBS={"AUTODISCOVER": (), "PUSH": push}):
+            latencies = self.latency_of("jobs", worker, self.args.latency_samples)
+            pusher.flush(timeout=None)
+        self.flush()
+        for name, fraction in (("p50", 0.5), ("p99", 0.99)):
+            values = {s: percentile(results[s], fraction) * 1000 for s in SYSTEMS}
+            values["jobs"] = percentile(latencies, fraction) * 1000
+            self.add(Row(f"latency.{key}.{name}", f"  {title}, {name}", "ms", values))
+        self.say(f"django_jobs, {title}: p50 {percentile(latencies, 0.5) * 1000:.2f} ms")
 
     def latency_of(self, system: str, worker: str, samples: int) -> list[float]:
         enqueue = self.enqueue_one(system, "stamp")
