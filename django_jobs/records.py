@@ -154,7 +154,7 @@ def create_many(rows: list[dict[str, Any]], using: str, *, skip_existing: bool =
     with ``executemany()``.
 
     Each row gives its fields by name; the others get their defaults, and
-    ``enqueued_at`` is now. Built as :func:`create` builds its INSERT: the
+    ``enqueued_at``, unless given, is now. Built as :func:`create` builds its INSERT: the
     ORM's ``bulk_create()`` cost more than the statements. With
     ``skip_existing`` a row whose id is taken already is left out, and the
     existing row kept.
