@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 from redis.exceptions import RedisError
 
@@ -238,6 +238,7 @@ def enqueue(
         and not dependencies
         and limits.rq_meta(function.name, options) is None
         and not transaction.get_connection(using).in_atomic_block
+        and transaction.get_autocommit(using)
         and queue_config(queue_name).get("ASYNC", True) is not False
     ):
         push_first(
@@ -440,17 +441,22 @@ def push_first(
             exc,
             exc_info=not isinstance(exc, RedisError | OSError),
         )
-        records.create(
-            job_id=job_id,
-            func_name=func_name,
-            queue=queue_name,
-            args=stored_args,
-            kwargs=stored_kwargs,
-            status=JobStatus.QUEUED,
-            options=options,
-            using=using,
-            needs_push=True,
-        )
+        try:
+            records.create(
+                job_id=job_id,
+                func_name=func_name,
+                queue=queue_name,
+                args=stored_args,
+                kwargs=stored_kwargs,
+                status=JobStatus.QUEUED,
+                options=options,
+                using=using,
+                needs_push=True,
+            )
+        except IntegrityError:
+            # Redis had taken the job after all (the error came with its answer), and a worker
+            # that took it wrote the row first.
+            logger.warning("Job %s has a row already: it was pushed after all.", job_id)
         return
     row_writer.submit(using, row)
 

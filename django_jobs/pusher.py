@@ -50,7 +50,12 @@ class Batcher:
     """One thread per process that takes what callers hand over and handles many items at a time."""
 
     def __init__(
-        self, name: str, handle: Callable[[list[Any]], None], *, keep_connections: bool, linger: float = 0.0
+        self,
+        name: str,
+        handle: Callable[[list[Any]], list[Any] | None],
+        *,
+        keep_connections: bool,
+        linger: float = 0.0,
     ) -> None:
         self.name = name
         self.handle = handle
@@ -61,12 +66,18 @@ class Batcher:
         # the batch is full first or somebody waits in flush(): fewer, bigger batches when items
         # come one after another, and no wait for one that comes alone.
         self.linger = linger
+        self._reset()
+        # A child forked while this thread held the lock would wait for it forever.
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
         self.hurry = False
         self.lock = threading.Condition()
         self.waiting: list[Any] = []
         self.busy = 0
         self.thread: threading.Thread | None = None
         self.pid = 0
+        self.retry_in = 0.0  # seconds before the next try, after a batch that could not be handled
 
     def submit(self, *item: Any) -> None:
         with self.lock:
@@ -81,13 +92,16 @@ class Batcher:
 
     def idle(self) -> bool:
         """Whether nothing this process handed over is still waiting or being handled."""
-        return self.pid != os.getpid() or (not self.waiting and not self.busy)
+        if self.pid != os.getpid():
+            return True
+        with self.lock:
+            return not self.waiting and not self.busy
 
     def flush(self, timeout: float | None = 10.0) -> bool:
         """Wait until everything handed over is handled; False on timeout."""
+        if self.pid != os.getpid():
+            return True
         with self.lock:
-            if self.pid != os.getpid():
-                return True
             if self.waiting:
                 self.hurry = True
                 self.lock.notify_all()
@@ -103,10 +117,14 @@ class Batcher:
                     self.lock.wait_for(lambda: self.hurry or len(self.waiting) >= BATCH, self.linger)
                 taken = time.monotonic()
                 self.hurry = False
+                self.busy = min(len(self.waiting), BATCH)
                 batch, self.waiting = self.waiting[:BATCH], self.waiting[BATCH:]
-                self.busy = len(batch)
+            retry: list[Any] | None = None
             try:
-                self.handle(batch)
+                if self.keep_connections:  # as at the start of a request: not a connection gone stale
+                    for connection in connections.all(initialized_only=True):
+                        connection.close_if_unusable_or_obsolete()
+                retry = self.handle(batch)
             except Exception:  # never let the thread die
                 logger.exception("%s: a batch of %d failed", self.name, len(batch))
             finally:
@@ -116,8 +134,16 @@ class Batcher:
                     else:
                         connection.close()
                 with self.lock:
+                    if retry:  # kept, and tried again later: 1 s, then twice as long, up to 30 s
+                        self.waiting[:0] = retry
+                        self.retry_in = min(max(self.retry_in * 2, 1.0), 30.0)
+                    else:
+                        self.retry_in = 0.0
                     self.busy = 0
                     self.lock.notify_all()
+            if retry:
+                with self.lock:
+                    self.lock.wait_for(lambda: self.hurry, self.retry_in)
 
 
 def push_batch(batch: list[Push]) -> None:
@@ -158,25 +184,32 @@ def push_batch(batch: list[Push]) -> None:
                 mark_push_failed_many(job_ids, using)
 
 
-def write_rows(batch: list[tuple[str, dict[str, Any]]]) -> None:
-    """Insert rows of jobs already in Redis, many per statement; a row a worker wrote first is kept."""
+def write_rows(batch: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+    """Insert rows of jobs already in Redis, many per statement; return those to try again.
+
+    A row a worker wrote first keeps its status and run (see ``create_many``).
+    """
     from .records import create_many
 
     by_alias: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for using, row in batch:
         by_alias[using].append(row)
+    retry: list[tuple[str, dict[str, Any]]] = []
     for using, rows in by_alias.items():
         try:
-            create_many(rows, using, skip_existing=True)
+            create_many(rows, using, late=True)
         except Exception as exc:
-            # The jobs are in Redis: a worker writes each one's row when it takes the job.
+            # The jobs are in Redis and run meanwhile: a worker writes the row of each one it
+            # takes (or spools its start while the database is down).
             logger.warning(
-                "Could not write the rows of %d jobs already in Redis to database %r: %s. Each job "
-                "still runs; its worker writes the row when it takes the job.",
+                "Could not write the rows of %d jobs already in Redis to database %r: %s. They are "
+                "kept in this process and written once the database answers.",
                 len(rows),
                 using,
                 exc,
             )
+            retry.extend((using, row) for row in rows)
+    return retry
 
 
 #: Seconds the row writer waits for more rows while they keep coming (.delay() in a loop):
@@ -195,10 +228,14 @@ def flush(timeout: float | None = 10.0) -> bool:
     return row_writer.flush(timeout) and pushed
 
 
-def settle() -> None:
-    """Write the rows this process has pushed ahead of them, so that a read sees them."""
+def settle(timeout: float = 5.0) -> None:
+    """Write the rows this process has pushed ahead of them, so that a read sees them.
+
+    The wait is bounded: on SQLite the writer cannot write while the caller's own transaction
+    holds the database's write lock, and a database that is down keeps the rows waiting.
+    """
     if not row_writer.idle():
-        row_writer.flush(timeout=None)
+        row_writer.flush(timeout=timeout)
 
 
 atexit.register(flush)

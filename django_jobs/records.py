@@ -147,7 +147,7 @@ BULK_BATCH_SIZE = 1000
 PIPELINE_ABOVE = 200
 
 
-def create_many(rows: list[dict[str, Any]], using: str, *, skip_existing: bool = False) -> None:
+def create_many(rows: list[dict[str, Any]], using: str, *, late: bool = False) -> None:
     """Insert the rows of jobs enqueued together: plain multi-row INSERTs of up to
     ``BULK_BATCH_SIZE`` rows (fewer where the database takes fewer parameters), or for
     more than ``PIPELINE_ABOVE`` rows on PostgreSQL a one-row INSERT run for every row
@@ -155,9 +155,11 @@ def create_many(rows: list[dict[str, Any]], using: str, *, skip_existing: bool =
 
     Each row gives its fields by name; the others get their defaults, and
     ``enqueued_at``, unless given, is now. Built as :func:`create` builds its INSERT: the
-    ORM's ``bulk_create()`` cost more than the statements. With
-    ``skip_existing`` a row whose id is taken already is left out, and the
-    existing row kept.
+    ORM's ``bulk_create()`` cost more than the statements. With ``late``
+    (rows written after their jobs were pushed), a row that exists already,
+    written by a worker that took the job first, keeps its status and run;
+    only what the enqueue knows (function, queue, arguments, options, enqueue
+    time) is set from the late row.
     """
     from django.db import connections
     from django.db.models.constants import OnConflict
@@ -168,10 +170,12 @@ def create_many(rows: list[dict[str, Any]], using: str, *, skip_existing: bool =
     sql, fields = _insert_sql(connection.alias)
     head, marks = sql.split(" VALUES ", 1)
     suffix = ""
-    if skip_existing:
-        head = head.replace("INSERT INTO", connection.ops.insert_statement(on_conflict=OnConflict.IGNORE), 1)
-        suffix = connection.ops.on_conflict_suffix_sql([], OnConflict.IGNORE, None, None)
-        suffix = f" {suffix}" if suffix else ""
+    if late:
+        columns_of = {field.name: str(field.column) for field in JobRecord._meta.concrete_fields}
+        enqueue_side = [columns_of[name] for name in _ENQUEUE_SIDE]
+        pk = [columns_of["id"]]
+        on_conflict = connection.ops.on_conflict_suffix_sql([], OnConflict.UPDATE, enqueue_side, pk)
+        suffix = f" {on_conflict}"
         sql = f"{head} VALUES {marks}{suffix}"
     size = min(BULK_BATCH_SIZE, connection.ops.bulk_batch_size([field for field, _ in fields], rows)) or 1
     given = set(rows[0])
@@ -196,7 +200,7 @@ def create_many(rows: list[dict[str, Any]], using: str, *, skip_existing: bool =
         ]
 
     with connection.cursor() as cursor:
-        if connection.vendor == "postgresql" and len(rows) > PIPELINE_ABOVE:
+        if connection.vendor == "postgresql" and len(rows) > PIPELINE_ABOVE and _psycopg3():
             # psycopg sends a one-row INSERT for many rows in one pipeline: faster here than
             # one statement with thousands of placeholders, which it parses again each time.
             cursor.executemany(sql, [prepared(values) for values in rows])
@@ -205,6 +209,17 @@ def create_many(rows: list[dict[str, Any]], using: str, *, skip_existing: bool =
             chunk = rows[start : start + size]
             params = [param for values in chunk for param in prepared(values)]
             cursor.execute(f"{head} VALUES {', '.join([marks] * len(chunk))}{suffix}", params)
+
+
+#: What the enqueue knows of a job (the rest of a row is its run).
+_ENQUEUE_SIDE = ("func_name", "queue", "args", "kwargs", "options", "enqueued_at")
+
+
+def _psycopg3() -> bool:
+    """Whether PostgreSQL is reached through psycopg 3 (psycopg2's executemany() is a loop)."""
+    from django.db.backends.postgresql.psycopg_any import is_psycopg3
+
+    return bool(is_psycopg3)
 
 
 def claim_due(job_ids: list[str], using: str) -> int:
@@ -337,6 +352,37 @@ def mark_started(job: Job, worker_name: str, at: datetime | None = None) -> None
     if not created:
         # Its enqueuing process wrote the row in between: start that one.
         mark_started_by_id(job.id, worker_name, now)
+
+
+def mark_started_late(job_id: str, worker_name: str, at: datetime | None) -> None:
+    """A start written back from the spool; a job without a row (pushed ahead of its row while
+    the database was down) gets one now, from Redis while Redis still has the job, else with
+    what the start knows (the late insert of its enqueuing process fills in the rest)."""
+    from rq.exceptions import NoSuchJobError
+
+    from .queues import get_queue
+
+    now = at or timezone.now()
+    if mark_started_by_id(job_id, worker_name, now):
+        return
+    queue = get_queue(None)
+    try:
+        job = queue.job_class.fetch(job_id, connection=queue.connection, serializer=queue.serializer)
+    except NoSuchJobError:
+        job = None
+    if job is not None:
+        mark_started(job, worker_name, now)
+        return
+    JobRecord.objects.using(db_alias()).get_or_create(
+        pk=job_id,
+        defaults={
+            "status": JobStatus.STARTED,
+            "attempts": 1,
+            "enqueued_at": now,
+            "started_at": now,
+            "worker_name": worker_name,
+        },
+    )
 
 
 def mark_finished(job_id: str, result: Any, at: datetime | None = None) -> None:

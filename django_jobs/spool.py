@@ -84,7 +84,7 @@ def apply(item: dict[str, Any]) -> None:
     step = item["step"]
     at = parse_datetime(item["at"]) if item.get("at") else None
     if step == "started":
-        records.mark_started_by_id(item["job_id"], item["worker_name"], at)
+        records.mark_started_late(item["job_id"], item["worker_name"], at)
     elif step == "finished":
         records.mark_finished(item["job_id"], item.get("result"), at)
     elif step == "failed":

@@ -583,7 +583,13 @@ class Worker(RecordingWorkerMixin, RQWorker):
     def _hand_over(self, spare: _Spare, job: Job, queue: Queue) -> bool:
         """Give ``job`` to the spare; False if the spare is gone (then the caller forks)."""
         try:
-            handed = spare.alive() and _write_all(spare.order_fd, _order(job, queue, self.execution))
+            order = _order(job, queue, self.execution)
+        except Exception:
+            logger.exception("Could not write down job %s for the spare work-horse; forking one", job.id)
+            spare.close(wait=0)
+            return False
+        try:
+            handed = spare.alive() and _write_all(spare.order_fd, order)
         except OSError:  # it exited since: the pipe has no reader
             handed = False
         if not handed:
@@ -681,6 +687,11 @@ class Worker(RecordingWorkerMixin, RQWorker):
             return super().perform_job(job, queue, execution)
         finally:
             if self.is_horse:
+                # The work-horse ends with os._exit(), which runs no atexit hook: the pushes and
+                # rows of jobs this job enqueued in the background are done before it.
+                from .pusher import flush
+
+                flush()
                 connections.close_all()
 
     def monitor_work_horse(self, job: Job, queue: Queue, execution: Execution) -> None:
@@ -716,8 +727,9 @@ class Worker(RecordingWorkerMixin, RQWorker):
 def _order(job: Job, queue: Queue | None, execution: Execution | None) -> bytes:
     """The hand-over of ``job`` to a spare, framed for its pipe: a length, then the pickle.
 
-    It carries the job's hash as Redis has it now (RQ's own save writes the same mapping), so
-    that the work-horse need not fetch the job again.
+    It carries the worker's copy of the job in the form RQ's own save writes to Redis, so that
+    the work-horse need not fetch the job again (RQ's own forking worker hands its child the
+    same copy, through fork).
     """
     order = {
         "job": job.id,

@@ -8,14 +8,15 @@ import threading
 from typing import Any
 
 import pytest
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.test.utils import override_settings
+from django.utils import timezone
 
 from django_jobs import get_queue
 from django_jobs.models import JobRecord
 from django_jobs.pusher import flush, row_writer
-from tests.conftest import run_manage
-from tests.testapp.jobs import add, five_a_second, flaky, unique_add
+from tests.conftest import run_manage, wait_for
+from tests.testapp.jobs import add, echo, enqueue_echo, five_a_second, flaky, unique_add
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -141,3 +142,59 @@ def test_a_process_that_dies_before_writing_its_rows_loses_no_job_nor_its_retrie
     assert (row.status, row.attempts, row.result) == ("finished", 3, "ok after 3")
     assert row.func_name == flaky.name
     assert row.options["retry_max"] == 2
+
+
+def test_rows_the_database_refused_are_kept_and_written_once_it_answers(caplog: Any) -> None:
+    table = connection.ops.quote_name(JobRecord._meta.db_table)
+    away = connection.ops.quote_name(f"{JobRecord._meta.db_table}_away")
+    with connection.cursor() as cursor:
+        cursor.execute(f"ALTER TABLE {table} RENAME TO {away}")
+    try:
+        handle = add.delay(3, 4)
+        wait_for(lambda: "kept in this process and written once the database answers" in caplog.text)
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"ALTER TABLE {away} RENAME TO {table}")
+    assert flush(timeout=60)
+    row = JobRecord.objects.get(pk=handle.id)
+    assert (row.status, row.args) == ("queued", [3, 4])
+
+
+def test_a_start_written_back_from_the_spool_makes_the_missing_row(redis: Any) -> None:
+    from django_jobs import spool
+
+    at = timezone.now().isoformat()
+    with row_writer.lock:  # the rows are not written yet, as while the database was down
+        kept = flaky.delay("/tmp/never-run")  # retry=2, on "emails"
+        gone = add.delay(5, 6)
+        redis.delete(f"rq:job:{gone.id}")  # and Redis no longer has this one
+        for job_id in (kept.id, gone.id):
+            spool.apply({"step": "started", "job_id": job_id, "worker_name": "w-late", "at": at})
+        row = JobRecord.objects.get(pk=kept.id)  # made from the job in Redis, with its options
+        assert (row.status, row.worker_name, row.attempts, row.args) == (
+            "started",
+            "w-late",
+            1,
+            ["/tmp/never-run"],
+        )
+        assert row.options["retry_max"] == 2
+        row = JobRecord.objects.get(pk=gone.id)  # made from what the start knows
+        assert (row.status, row.worker_name, row.attempts, row.func_name) == ("started", "w-late", 1, "")
+    assert flush()
+    # The late insert fills in what the enqueue knew, and keeps the run.
+    row = JobRecord.objects.get(pk=gone.id)
+    assert (row.status, row.attempts, row.func_name, row.args) == ("started", 1, add.name, [5, 6])
+    assert JobRecord.objects.get(pk=kept.id).status == "started"
+
+
+def test_a_work_horse_writes_the_rows_of_the_jobs_it_enqueued_before_it_exits() -> None:
+    options = {"DJANGO_JOBS_TEST_OPTIONS": json.dumps({"PUSH": "redis-first"})}
+    parents = [enqueue_echo.delay(value) for value in range(3)]
+    # The forking worker runs each job in a child that ends with os._exit(); "high" is not worked.
+    result = run_manage("rqworker", "default", "--burst", env=options)
+    assert result.returncode == 0, result.stderr
+    children = [JobRecord.objects.get(pk=parent.id).result for parent in parents]
+    rows = JobRecord.objects.filter(pk__in=children)
+    assert sorted(rows.values_list("status", "func_name", "args")) == [
+        ("queued", echo.name, [value]) for value in range(3)
+    ]

@@ -344,3 +344,9 @@ def seen_from_inside(value: int) -> dict[str, Any]:
         "status": current.get_status(refresh=False).value,
         "worker_name": current.worker_name,
     }
+
+
+@job
+def enqueue_echo(value: Any) -> str:
+    """Enqueue echo(value) from inside a job; return its id."""
+    return echo.delay(value).id
