@@ -16,7 +16,8 @@ transaction pushes the job to Redis itself, as django-rq does, and hands the
 row to another thread, which inserts the rows waiting in one go. The job
 carries its row's options in its RQ ``meta``, so a worker that takes it
 before its row is written (or after the process died with rows still
-waiting) writes a whole row itself; the late insert then keeps the worker's.
+waiting) writes a whole row itself; the late insert then keeps the worker's
+status and run. Rows the database refuses are kept and tried again.
 A handle's reads in the same process wait for the rows first (``settle()``).
 
 ``flush()`` waits until everything handed over is done; it runs at
