@@ -736,23 +736,16 @@ def _order(job: Job, queue: Queue | None, execution: Execution | None) -> bytes:
         "queue": queue.name if queue is not None else None,
         "execution": execution.id if execution is not None else None,
         "created_at": execution.created_at.timestamp() if execution is not None else None,
-        "hash": _stored_form(job.to_dict()),
+        "hash": _stored_form(job),
     }
     payload = pickle.dumps(order, protocol=pickle.HIGHEST_PROTOCOL)
     return struct.pack("!I", len(payload)) + payload
 
 
-def _stored_form(mapping: dict[str, Any]) -> dict[bytes, bytes]:
-    """A job's ``to_dict()`` as Redis stores it and ``HGETALL`` returns it: bytes for everything."""
-    stored = {}
-    for key, value in mapping.items():
-        if isinstance(value, bytes):
-            stored[key.encode()] = value
-        elif isinstance(value, str):  # a str enum (the status) too: its value, as redis-py sends it
-            stored[key.encode()] = value.encode()
-        else:
-            stored[key.encode()] = repr(value).encode()
-    return stored
+def _stored_form(job: Job) -> dict[bytes, bytes]:
+    """The job's ``to_dict()`` as RQ's save stores it and ``HGETALL`` returns it (redis-py's encoding)."""
+    encode: Callable[[Any], bytes] = job.connection.get_encoder().encode
+    return {encode(key): encode(value) for key, value in job.to_dict().items()}
 
 
 def _write_all(fd: int, data: bytes) -> bool:

@@ -172,7 +172,7 @@ def test_the_spare_gets_the_job_as_redis_holds_it() -> None:
     handle = add.delay(1, 2)
     for job_id in (rq_job.id, parent.id, handle.id):
         fetched = Job.fetch(job_id, connection=redis, serializer=JSONSerializer)
-        assert _stored_form(fetched.to_dict()) == redis.hgetall(fetched.key)
+        assert _stored_form(fetched) == redis.hgetall(fetched.key)
 
 
 def test_a_job_run_by_the_spare_sees_its_own_data() -> None:
