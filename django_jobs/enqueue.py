@@ -228,6 +228,18 @@ def enqueue(
     else:
         status = JobStatus.DEFERRED if dependencies else JobStatus.QUEUED
     using = records.db_alias()
+    fields: dict[str, Any] = {
+        "job_id": job_id,
+        "func_name": function.name,
+        "queue": queue_name,
+        "args": stored_args,
+        "kwargs": stored_kwargs,
+        "status": status,
+        "options": options,
+        "scheduled_for": run_at or due_at,
+        "periodic_job_id": periodic_job_id,
+        "unique_key": unique_key,
+    }
     if (
         conf.push == "redis-first"
         and not chosen_id  # a taken id must fail at the row's insert, before any push
@@ -241,24 +253,9 @@ def enqueue(
         and transaction.get_autocommit(using)
         and queue_config(queue_name).get("ASYNC", True) is not False
     ):
-        push_first(
-            job_id, function.name, queue_name, args, kwargs, stored_args, stored_kwargs, options, using
-        )
+        push_first(fields, args, kwargs, using)
         return JobHandle(job_id)
-    create = partial(
-        records.create,
-        job_id=job_id,
-        func_name=function.name,
-        queue=queue_name,
-        args=stored_args,
-        kwargs=stored_kwargs,
-        status=status,
-        options=options,
-        using=using,
-        scheduled_for=run_at or due_at,
-        periodic_job_id=periodic_job_id,
-        unique_key=unique_key,
-    )
+    create = partial(records.create, using=using, **fields)
     if unique_key is None:
         create()
     else:
@@ -386,18 +383,17 @@ def _create_rq_job(
     )
 
 
-def push_first(
-    job_id: str,
-    func_name: str,
-    queue_name: str,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    stored_args: list[Any],
-    stored_kwargs: dict[str, Any],
-    options: dict[str, Any],
-    using: str,
-) -> None:
-    """Push a job ahead of its row, then hand the row to this process's row writer.
+def _enqueue_in_one_trip(rq_queue: Any, rq_job: Any, options: dict[str, Any]) -> Any:
+    """RQ's enqueue of a job without dependencies, in one round trip to Redis."""
+    with rq_queue.connection.pipeline() as pipeline:
+        rq_job = rq_queue.enqueue_job(rq_job, pipeline=pipeline, at_front=bool(options.get("at_front")))
+        pipeline.execute()
+    return rq_job
+
+
+def push_first(fields: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any], using: str) -> None:
+    """Push a job ahead of its row (``fields``, as :func:`records.create` takes them), then hand
+    the row to this process's row writer.
 
     ``DJANGO_JOBS["PUSH"] = "redis-first"``, outside a transaction: one round
     trip to Redis in the caller's thread, as django-rq's ``.delay()``; the
@@ -407,30 +403,18 @@ def push_first(
     """
     from .pusher import row_writer
 
-    row = {
-        "id": job_id,
-        "func_name": func_name,
-        "queue": queue_name,
-        "status": JobStatus.QUEUED,
-        "args": stored_args,
-        "kwargs": stored_kwargs,
-        "options": options,
-        "enqueued_at": timezone.now(),
-    }
+    row = records.row_values(**fields)
+    job_id, func_name, queue_name, options = (
+        fields["job_id"],
+        fields["func_name"],
+        fields["queue"],
+        fields["options"],
+    )
     try:
         rq_queue = get_queue(queue_name)
-        rq_job = _create_rq_job(
-            rq_queue,
-            job_id,
-            func_name,
-            list(args),
-            dict(kwargs),
-            options,
-            meta={records.ROW_OPTIONS_META: options},
-        )
-        with rq_queue.connection.pipeline() as pipeline:
-            rq_queue.enqueue_job(rq_job, pipeline=pipeline, at_front=bool(options.get("at_front")))
-            pipeline.execute()
+        meta = {records.ROW_OPTIONS_META: options}
+        rq_job = _create_rq_job(rq_queue, job_id, func_name, list(args), dict(kwargs), options, meta)
+        _enqueue_in_one_trip(rq_queue, rq_job, options)
     except Exception as exc:
         logger.warning(
             "Could not push job %s (%s) to Redis queue %r: %s. Its row is written now, queued with "
@@ -442,17 +426,7 @@ def push_first(
             exc_info=not isinstance(exc, RedisError | OSError),
         )
         try:
-            records.create(
-                job_id=job_id,
-                func_name=func_name,
-                queue=queue_name,
-                args=stored_args,
-                kwargs=stored_kwargs,
-                status=JobStatus.QUEUED,
-                options=options,
-                using=using,
-                needs_push=True,
-            )
+            records.create(using=using, **fields, needs_push=True)
         except IntegrityError:
             # Redis had taken the job after all (the error came with its answer), and a worker
             # that took it wrote the row first.
@@ -487,12 +461,7 @@ def push(
             # Dependencies are checked under WATCH: RQ needs its own round trips.
             rq_job = rq_queue.enqueue_job(rq_job, at_front=bool(options.get("at_front")))
         else:
-            # Everything in one round trip to Redis.
-            with rq_queue.connection.pipeline() as pipeline:
-                rq_job = rq_queue.enqueue_job(
-                    rq_job, pipeline=pipeline, at_front=bool(options.get("at_front"))
-                )
-                pipeline.execute()
+            rq_job = _enqueue_in_one_trip(rq_queue, rq_job, options)
     except (RedisError, OSError) as exc:
         logger.warning(
             "Could not push job %s (%s) to Redis queue %r: %s. The row is kept as queued "

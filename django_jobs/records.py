@@ -58,7 +58,43 @@ def create(
     from django.db import connections
 
     connection = connections[using]
-    values = {
+    values = row_values(
+        job_id=job_id,
+        func_name=func_name,
+        queue=queue,
+        args=args,
+        kwargs=kwargs,
+        status=status,
+        options=options,
+        scheduled_for=scheduled_for,
+        periodic_job_id=periodic_job_id,
+        unique_key=unique_key,
+        needs_push=needs_push,
+    )
+    sql, fields = _insert_sql(connection.alias)
+    params = [
+        field.get_db_prep_save(values.get(field.attname, default), connection) for field, default in fields
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+
+
+def row_values(
+    *,
+    job_id: str,
+    func_name: str,
+    queue: str,
+    args: list[Any],
+    kwargs: dict[str, Any],
+    status: str,
+    options: dict[str, Any],
+    scheduled_for: Any = None,
+    periodic_job_id: int | None = None,
+    unique_key: str | None = None,
+    needs_push: bool = False,
+) -> dict[str, Any]:
+    """The fields of a new job's row by name, enqueued now (for :func:`create` and :func:`create_many`)."""
+    return {
         "id": job_id,
         "func_name": func_name,
         "queue": queue,
@@ -72,12 +108,6 @@ def create(
         "unique_key": unique_key,
         "needs_push": needs_push,
     }
-    sql, fields = _insert_sql(connection.alias)
-    params = [
-        field.get_db_prep_save(values.get(field.attname, default), connection) for field, default in fields
-    ]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
 
 
 _INSERTS: dict[str, tuple[str, list[tuple[Any, Any]]]] = {}
@@ -344,14 +374,17 @@ def mark_started(job: Job, worker_name: str, at: datetime | None = None) -> None
     """The job is running; a job without a row (enqueued with plain RQ, or pushed ahead of its
     row) gets one now."""
     now = at or timezone.now()
-    if mark_started_by_id(job.id, worker_name, now):
-        return
+    if not mark_started_by_id(job.id, worker_name, now):
+        _start_without_row(job, worker_name, now)
+
+
+def _start_without_row(job: Job, worker_name: str, at: datetime) -> None:
     created = _create_from_job(
-        job, attempts=1, status=JobStatus.STARTED, started_at=now, ended_at=None, worker_name=worker_name
+        job, attempts=1, status=JobStatus.STARTED, started_at=at, ended_at=None, worker_name=worker_name
     )
     if not created:
         # Its enqueuing process wrote the row in between: start that one.
-        mark_started_by_id(job.id, worker_name, now)
+        mark_started_by_id(job.id, worker_name, at)
 
 
 def mark_started_late(job_id: str, worker_name: str, at: datetime | None) -> None:
@@ -371,7 +404,7 @@ def mark_started_late(job_id: str, worker_name: str, at: datetime | None) -> Non
     except NoSuchJobError:
         job = None
     if job is not None:
-        mark_started(job, worker_name, now)
+        _start_without_row(job, worker_name, now)
         return
     JobRecord.objects.using(db_alias()).get_or_create(
         pk=job_id,
