@@ -39,41 +39,16 @@ def add_dependencies(job_id: str, depends_on: list[str], using: str) -> None:
     )
 
 
-def create(
-    *,
-    job_id: str,
-    func_name: str,
-    queue: str,
-    args: list[Any],
-    kwargs: dict[str, Any],
-    status: str,
-    options: dict[str, Any],
-    using: str,
-    scheduled_for: Any = None,
-    periodic_job_id: int | None = None,
-    unique_key: str | None = None,
-    needs_push: bool = False,
-) -> None:
-    """Insert the row of a job being enqueued: one plain INSERT (the ORM's cost more than it)."""
+def create(*, using: str, **fields: Any) -> None:
+    """Insert the row of a job being enqueued (``fields`` as :func:`row_values` takes them): one
+    plain INSERT (the ORM's cost more than it)."""
     from django.db import connections
 
     connection = connections[using]
-    values = row_values(
-        job_id=job_id,
-        func_name=func_name,
-        queue=queue,
-        args=args,
-        kwargs=kwargs,
-        status=status,
-        options=options,
-        scheduled_for=scheduled_for,
-        periodic_job_id=periodic_job_id,
-        unique_key=unique_key,
-        needs_push=needs_push,
-    )
-    sql, fields = _insert_sql(connection.alias)
+    values = row_values(**fields)
+    sql, columns = _insert_sql(connection.alias)
     params = [
-        field.get_db_prep_save(values.get(field.attname, default), connection) for field, default in fields
+        field.get_db_prep_save(values.get(field.attname, default), connection) for field, default in columns
     ]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
