@@ -317,7 +317,7 @@ def _datetime(value: datetime) -> Any:
     return connections[db_alias()].ops.adapt_datetimefield_value(value)
 
 
-def _start_statement(job_id: str, worker_name: str, at: datetime | None) -> tuple[str, list[Any]]:
+def start_statement(job_id: str, worker_name: str, at: datetime | None) -> tuple[str, list[Any]]:
     now = _datetime(at or timezone.now())
     return _sql(_START), [JobStatus.STARTED.value, now, worker_name, job_id, now]
 
@@ -335,7 +335,7 @@ def mark_started_by_id(job_id: str, worker_name: str, at: datetime | None = None
     A start older than the row's last end is skipped: it is a late write of
     an attempt that already ended (written back after a database outage).
     """
-    statement = _start_statement(job_id, worker_name, at)
+    statement = start_statement(job_id, worker_name, at)
     if _execute(*statement):
         return True
     if not JobRecord.objects.using(db_alias()).filter(pk=job_id).exists():
@@ -422,7 +422,7 @@ def mark_finished_then_started(
             mark_started(job, worker_name, at)
         return
     finish_sql, finish_params = _finish_statement(*finished)
-    start_sql, start_params = _start_statement(job.id, worker_name, at)
+    start_sql, start_params = start_statement(job.id, worker_name, at)
     with connection.cursor() as cursor:
         cursor.execute(f"{finish_sql}; {start_sql}", [*finish_params, *start_params])
         cursor.nextset()

@@ -197,3 +197,35 @@ def test_a_job_run_by_the_spare_sees_its_own_data() -> None:
         }
         for value, handle in enumerate(handles)
     ]
+
+
+def test_the_rehearsed_pickup_changes_nothing(redis: Any, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from rq.job import Job
+
+    from django_jobs.queues import get_queues, resolve_serializer
+    from django_jobs.worker import Worker
+
+    # After forking the spare, the worker runs the next pickup's steps on a copy of the job
+    # running now, to take its memory-page copies early. It must send nothing and keep nothing.
+    handle = seen_from_inside.delay(7)
+    found = get_queues(["default"])
+    worker = Worker(found, connection=found[0].connection, serializer=resolve_serializer(), name="w-rehearse")
+    job = Job.fetch(handle.id, connection=redis, serializer=resolve_serializer())
+    keys = sorted(redis.keys("*"))
+    stored = {key: redis.dump(key) for key in keys}
+    row = JobRecord.objects.values().get(pk=handle.id)
+    before = redis.info("commandstats")
+    with caplog.at_level(logging.DEBUG, logger="django_jobs.worker"):
+        worker._rehearse_pickup(job, found[0])
+    after = redis.info("commandstats")
+
+    assert "Could not rehearse" not in caplog.text  # it ran every step
+    # Only the INFO that took the first count ran in between.
+    assert after.pop("cmdstat_info")["calls"] == before.pop("cmdstat_info")["calls"] + 1
+    assert after == before
+    assert sorted(redis.keys("*")) == keys
+    assert {key: redis.dump(key) for key in keys} == stored
+    assert JobRecord.objects.values().get(pk=handle.id) == row
+    assert (worker.executions, job.get_status(refresh=False), job.worker_name) == ({}, "queued", None)
