@@ -624,6 +624,49 @@ class Bench:
                 self.extra_latency(
                     results, "fork-at-dequeue", "fork-at-dequeue", "forking Worker, prefork off"
                 )
+        print("latency: one round trip to Redis and to the database, idle and busy", flush=True)
+        self.measure_idle_round_trips()
+
+    def measure_idle_round_trips(self) -> None:
+        """What one round trip costs when the other side sat idle, as it does before a pickup."""
+        from django.db import connection
+
+        from django_jobs.models import JobRecord
+
+        samples, gap = self.args.latency_samples, 0.02
+        JobRecord.objects.create(id="bench-idle", func_name="benchjobs.noop", queue="default")
+        update = f"UPDATE {JobRecord._meta.db_table} SET worker_name = %s WHERE id = %s"
+
+        def timed(step: Callable[[], Any], pause: float) -> float:
+            took = []
+            for _ in range(samples):
+                time.sleep(pause)
+                began = time.perf_counter()
+                step()
+                took.append(time.perf_counter() - began)
+            return median(took) * 1000
+
+        with connection.cursor() as cursor:
+            steps: dict[str, Callable[[], Any]] = {
+                "redis": self.redis.ping,
+                "db": lambda: cursor.execute(update, ["w", "bench-idle"]),
+            }
+            figures = {
+                (name, pause): timed(step, pause) for name, step in steps.items() for pause in (gap, 0)
+            }
+        self.flush()
+        for name, title in (("redis", "Redis PING"), ("db", "DB one-row UPDATE")):
+            for pause, when in ((gap, f"after {gap * 1000:.0f} ms idle"), (0, "back to back")):
+                self.add(
+                    Row(
+                        f"idle.{name}.{'idle' if pause else 'busy'}",
+                        f"  {title} {when}, p50",
+                        "ms",
+                        {"plain": None, "djrq": None, "jobs": figures[name, pause]},
+                    )
+                )
+        said = (f"{name} {'idle' if pause else 'busy'} {ms:.2f} ms" for (name, pause), ms in figures.items())
+        self.say(", ".join(said))
 
     def extra_latency(self, results: dict[str, list[float]], worker: str, key: str, title: str) -> None:
         """A variant of django_jobs measured after the three systems: its p50 and p99 lines."""
