@@ -7,11 +7,12 @@ statements in all: the insert at enqueue, the start and the end.
 from __future__ import annotations
 
 import logging
+import select
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from django.db import router
+from django.db import DatabaseError, InterfaceError, router
 from django.utils import timezone
 
 from .models import JobRecord, JobStatus
@@ -336,7 +337,12 @@ def mark_started_by_id(job_id: str, worker_name: str, at: datetime | None = None
     an attempt that already ended (written back after a database outage).
     """
     statement = start_statement(job_id, worker_name, at)
-    if _execute(*statement):
+    return _started_or_missing(job_id, statement, _execute(*statement))
+
+
+def _started_or_missing(job_id: str, statement: tuple[str, list[Any]], changed: int) -> bool:
+    """After the start ``statement`` changed ``changed`` rows: False if the job has no row."""
+    if changed:
         return True
     if not JobRecord.objects.using(db_alias()).filter(pk=job_id).exists():
         return False
@@ -351,6 +357,83 @@ def mark_started(job: Job, worker_name: str, at: datetime | None = None) -> None
     now = at or timezone.now()
     if not mark_started_by_id(job.id, worker_name, now):
         _start_without_row(job, worker_name, now)
+
+
+class SentStart:
+    """A job's start, sent to PostgreSQL and not yet answered (see :func:`send_start`)."""
+
+    def __init__(self, connection: Any, job: Job, worker_name: str, at: datetime) -> None:
+        self.connection, self.job, self.worker_name, self.at = connection, job, worker_name, at
+        from psycopg import ClientCursor
+
+        self.statement = start_statement(job.id, worker_name, at)
+        with connection.wrap_database_errors:
+            raw = connection.connection
+            query = ClientCursor(raw).mogrify(*self.statement)
+            self.pgconn = raw.pgconn
+            self.pgconn.send_query(query.encode(raw.info.encoding))
+            self._flush()
+
+    def _wait(self, events: int) -> None:
+        poll = select.poll()
+        poll.register(self.pgconn.socket, events)
+        poll.poll()
+
+    def _flush(self) -> None:
+        # The connection is non-blocking (psycopg's way): send what libpq still holds.
+        while self.pgconn.flush():
+            self._wait(select.POLLOUT | select.POLLIN)
+            self.pgconn.consume_input()
+
+    def finish(self) -> None:
+        """Wait for the answer and complete the start as :func:`mark_started` would.
+
+        Raises Django's ``DatabaseError`` if the statement failed (then nothing was written).
+        """
+        from psycopg.pq import ExecStatus
+
+        with self.connection.wrap_database_errors:
+            self.pgconn.consume_input()
+            while self.pgconn.is_busy():
+                self._wait(select.POLLIN)
+                self.pgconn.consume_input()
+            results = []
+            while (result := self.pgconn.get_result()) is not None:
+                results.append(result)
+        failed = [r for r in results if r.status != ExecStatus.COMMAND_OK]
+        if failed or not results:
+            message = failed[0].error_message.decode(errors="replace") if failed else "no answer"
+            raise DatabaseError(f"The start of job {self.job.id} was not written: {message.strip()}")
+        if not _started_or_missing(self.job.id, self.statement, int(results[-1].command_tuples or 0)):
+            _start_without_row(self.job, self.worker_name, self.at)
+
+
+def send_start(job: Job, worker_name: str, at: datetime) -> SentStart | None:
+    """Send the start of ``job`` to PostgreSQL without waiting for the answer; None where that
+    cannot be done (then :func:`mark_started` writes it).
+
+    Once sent, the ``UPDATE`` commits on its own (autocommit), even if this process dies before
+    it reads the answer: the forking worker starts the job's process meanwhile. Only with
+    psycopg 3, outside a transaction, and when Django would do nothing more than run the
+    statement (no query log, no execute wrapper).
+    """
+    from django.db import connections
+
+    connection = connections[db_alias()]
+    if (
+        connection.vendor != "postgresql"
+        or not _psycopg3()
+        or connection.in_atomic_block
+        or connection.queries_logged
+        or connection.execute_wrappers
+    ):
+        return None
+    try:
+        if not connection.get_autocommit():  # connects if need be
+            return None
+        return SentStart(connection, job, worker_name, at)
+    except (DatabaseError, InterfaceError):
+        return None  # mark_started() then tries again, and the spool keeps it if it must
 
 
 def _start_without_row(job: Job, worker_name: str, at: datetime) -> None:

@@ -551,16 +551,13 @@ class Worker(RecordingWorkerMixin, RQWorker):
         # the job's code can run (a worker killed a moment later leaves a row that counts the
         # attempt), the end from what the work-horse hands back in a file. The work-horse then
         # needs no database connection of its own, unless the job itself uses the database.
+        # On PostgreSQL the start is sent, and its answer read once the job has its process:
+        # the statement commits even if the worker dies in between.
         self._start_sent = job.id
         at = timezone.now()
-        _write(
-            self.connection,
-            "started",
-            job.id,
-            lambda: records.mark_started(job, self.name, at),
-            worker_name=self.name,
-            at=at,
-        )
+        sent = None if job.id in _spooled else records.send_start(job, self.name, at)
+        if sent is None:
+            self._write_start(job, at)
         spare, self._spare = self._spare, None
         if spare is not None and self._hand_over(spare, job, queue):
             self._outbox = spare.outbox
@@ -568,6 +565,13 @@ class Worker(RecordingWorkerMixin, RQWorker):
             self._outbox = tempfile.TemporaryFile()  # noqa: SIM115 (closed in _apply_outbox)
             super().fork_work_horse(job, queue)
             _own_process_group(self._horse_pid)
+        if sent is not None:
+            try:
+                sent.finish()
+            except (DatabaseError, InterfaceError) as exc:
+                logger.warning("The start of job %s was not written (%s); writing it again", job.id, exc)
+                reset_database_connections()
+                self._write_start(job, at)
         if self._stopped_job_id == job.id:
             self.kill_horse()  # stopped before its process had it (see kill_horse())
         if self.prefork:
@@ -597,6 +601,16 @@ class Worker(RecordingWorkerMixin, RQWorker):
             _order(copy, queue, execution)
         except Exception:  # a rehearsal only: the real pickup reports its own errors
             logger.debug("Could not rehearse the pickup of job %s", job.id, exc_info=True)
+
+    def _write_start(self, job: Job, at: datetime) -> None:
+        _write(
+            self.connection,
+            "started",
+            job.id,
+            lambda: records.mark_started(job, self.name, at),
+            worker_name=self.name,
+            at=at,
+        )
 
     def kill_horse(self, sig: signal.Signals = signal.SIGKILL) -> None:
         # A stop request can come between the execution's start and the fork (or hand-over):
