@@ -363,9 +363,9 @@ class SentStart:
     """A job's start, sent to PostgreSQL and not yet answered (see :func:`send_start`)."""
 
     def __init__(self, connection: Any, job: Job, worker_name: str, at: datetime) -> None:
-        self.connection, self.job, self.worker_name, self.at = connection, job, worker_name, at
         from psycopg import ClientCursor
 
+        self.connection, self.job, self.worker_name, self.at = connection, job, worker_name, at
         self.statement = start_statement(job.id, worker_name, at)
         with connection.wrap_database_errors:
             raw = connection.connection
