@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import pickle
+import random
 import signal
 import struct
 import tempfile
@@ -36,6 +37,7 @@ from rq import Worker as RQWorker
 from rq.job import Job
 from rq.job import JobStatus as RQJobStatus
 from rq.serializers import JSONSerializer
+from rq.timeouts import JobTimeoutException
 from rq.utils import now as rq_now
 
 from . import limits, pauses, records, retries, spool
@@ -575,7 +577,7 @@ class Worker(RecordingWorkerMixin, RQWorker):
         if self._stopped_job_id == job.id:
             self.kill_horse()  # stopped before its process had it (see kill_horse())
         if self.prefork:
-            self._fork_spare(job)  # the next job's process, forked while this job runs
+            self._fork_spare(job, queue)  # the next job's process, forked while this job runs
             self._rehearse_pickup(job, queue)
 
     def _rehearse_pickup(self, job: Job, queue: Queue) -> None:
@@ -643,15 +645,16 @@ class Worker(RecordingWorkerMixin, RQWorker):
         self.procline(f"Handed job {job.id} to {spare.pid} at {time.time()}")  # type: ignore[no-untyped-call]
         return True
 
-    def _fork_spare(self, sample: Job | None = None) -> None:
-        """Fork the next job's process; ``sample``, the job running now, lets it warm up."""
+    def _fork_spare(self, sample: Job | None = None, queue: Queue | None = None) -> None:
+        """Fork the next job's process; ``sample``, the job running now (from ``queue``), lets it
+        warm up."""
         outbox = tempfile.TemporaryFile()  # noqa: SIM115 (closed with the spare or in _apply_outbox)
         order_fd, write_fd = os.pipe()
         pid = os.fork()
         if pid == 0:
             os.close(write_fd)
             try:
-                self._spare_main(order_fd, outbox, sample)
+                self._spare_main(order_fd, outbox, sample, queue)
             except BaseException:  # nothing may escape a forked child
                 logger.exception("Spare work-horse of worker %s failed", self.name)
                 os._exit(1)
@@ -660,7 +663,9 @@ class Worker(RecordingWorkerMixin, RQWorker):
         _own_process_group(pid)
         self._spare = _Spare(pid, write_fd, outbox)
 
-    def _spare_main(self, order_fd: int, outbox: IO[bytes], sample: Job | None) -> None:
+    def _spare_main(
+        self, order_fd: int, outbox: IO[bytes], sample: Job | None, sample_queue: Queue | None
+    ) -> None:
         """In the spare: get ready, wait for a job, run it as RQ's work-horse would."""
         os.setpgrp()
         self.setup_work_horse_signals()  # type: ignore[no-untyped-call]
@@ -670,19 +675,34 @@ class Worker(RecordingWorkerMixin, RQWorker):
         with contextlib.suppress(RedisError, OSError):
             self.connection.ping()  # its own Redis connection, made now rather than at the job
         if sample is not None:
-            # Read an order for the job running now, and throw it away. A forked child's first
-            # write to each memory page it shares with the worker copies the page (hundreds of
-            # pages here): reading the real order then touches pages already copied.
             with contextlib.suppress(Exception):
-                self._read_order(_order(sample, None, None)[4:], warm_up=True)
+                self._warm_up(sample, sample_queue)
         with os.fdopen(order_fd, "rb") as orders:
             head = orders.read(4)
             payload = orders.read(struct.unpack("!I", head)[0]) if len(head) == 4 else b""
         if not payload:
             os._exit(0)  # the worker is done with it (or gone)
+        order, job = self._read_order(payload)
+        queue = self._take_order(order, job)
+        self._outbox = outbox
+        self.main_work_horse(job, queue)
+
+    def _warm_up(self, sample: Job, queue: Queue | None) -> None:
+        """Take an order for the job running now, and go through the start of a job, without
+        running it. A forked child's first write to each memory page it shares with the worker
+        copies the page (hundreds of pages here): the real order then touches pages already
+        copied. What it sets is set again by the real order."""
+        order, job = self._read_order(_order(sample, queue, self.execution)[4:], warm_up=True)
+        self._take_order(order, job)
+        random.seed()  # as RQ's work-horse does first
+        job.func, job.args, job.kwargs  # noqa: B018 (the import and the payload, read)
+        with self.death_penalty_class(job.timeout or 180, JobTimeoutException, job_id=job.id):
+            self.log.debug("Worker %s: spare ready", self.name)
+
+    def _take_order(self, order: dict[str, Any], job: Job) -> Queue:
+        """Make this process the work-horse of ``job``, as the worker's order says; its queue."""
         from rq.executions import Execution as RQExecution
 
-        order, job = self._read_order(payload)
         queue = next((q for q in self.queues if q.name == order["queue"]), None)
         if queue is None:
             queue = self.queue_class(order["queue"], connection=self.connection, serializer=self.serializer)
@@ -696,8 +716,7 @@ class Worker(RecordingWorkerMixin, RQWorker):
         self._stopped_job_id = None
         self._job_error = None
         self._start_sent = job.id
-        self._outbox = outbox
-        self.main_work_horse(job, queue)
+        return queue
 
     def _read_order(self, payload: bytes, warm_up: bool = False) -> tuple[dict[str, Any], Job]:
         """The order the worker sent (see :func:`_order`), and its job, without a fetch."""

@@ -194,6 +194,7 @@ def test_a_job_run_by_the_spare_sees_its_own_data() -> None:
             "origin": "default",
             "status": "started",
             "worker_name": "w-sees",
+            "environ": handle.id,
         }
         for value, handle in enumerate(handles)
     ]

@@ -343,6 +343,7 @@ def seen_from_inside(value: int) -> dict[str, Any]:
         "origin": current.origin,
         "status": current.get_status(refresh=False).value,
         "worker_name": current.worker_name,
+        "environ": os.environ.get("RQ_JOB_ID"),
     }
 
 
