@@ -388,23 +388,32 @@ class SentStart:
     def finish(self) -> None:
         """Wait for the answer and complete the start as :func:`mark_started` would.
 
-        Raises Django's ``DatabaseError`` if the statement failed (then nothing was written).
+        Raises Django's ``DatabaseError`` (a subclass, as for any statement) if the statement
+        failed: then nothing was written.
         """
+        import psycopg
+        from psycopg.errors import error_from_result
         from psycopg.pq import ExecStatus
 
         with self.connection.wrap_database_errors:
-            self.pgconn.consume_input()
-            while self.pgconn.is_busy():
-                self._wait(select.POLLIN)
-                self.pgconn.consume_input()
-            results = []
-            while (result := self.pgconn.get_result()) is not None:
-                results.append(result)
-        failed = [r for r in results if r.status != ExecStatus.COMMAND_OK]
-        if failed or not results:
-            message = failed[0].error_message.decode(errors="replace") if failed else "no answer"
-            raise DatabaseError(f"The start of job {self.job.id} was not written: {message.strip()}")
-        if not _started_or_missing(self.job.id, self.statement, int(results[-1].command_tuples or 0)):
+            written: int | None = None
+            failed = None
+            while True:  # every result, up to the end of the answer (as psycopg reads them)
+                while self.pgconn.is_busy():
+                    self._wait(select.POLLIN)
+                    self.pgconn.consume_input()
+                result = self.pgconn.get_result()
+                if result is None:
+                    break
+                if result.status == ExecStatus.COMMAND_OK:
+                    written = int(result.command_tuples or 0)
+                elif failed is None:
+                    failed = result
+            if written is None:
+                if failed is None:
+                    raise psycopg.InterfaceError(f"No answer to the start of job {self.job.id}.")
+                raise error_from_result(failed, encoding=self.connection.connection.info.encoding)
+        if not _started_or_missing(self.job.id, self.statement, written):
             _start_without_row(self.job, self.worker_name, self.at)
 
 

@@ -567,6 +567,8 @@ class Worker(RecordingWorkerMixin, RQWorker):
             self._outbox = tempfile.TemporaryFile()  # noqa: SIM115 (closed in _apply_outbox)
             super().fork_work_horse(job, queue)
             _own_process_group(self._horse_pid)
+        if self._stopped_job_id == job.id:
+            self.kill_horse()  # stopped before its process had it (see kill_horse())
         if sent is not None:
             try:
                 sent.finish()
@@ -574,8 +576,6 @@ class Worker(RecordingWorkerMixin, RQWorker):
                 logger.warning("The start of job %s was not written (%s); writing it again", job.id, exc)
                 reset_database_connections()
                 self._write_start(job, at)
-        if self._stopped_job_id == job.id:
-            self.kill_horse()  # stopped before its process had it (see kill_horse())
         if self.prefork:
             self._fork_spare(job, queue)  # the next job's process, forked while this job runs
             self._rehearse_pickup(job, queue)

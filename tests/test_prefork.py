@@ -201,6 +201,7 @@ def test_a_job_run_by_the_spare_sees_its_own_data() -> None:
 
 
 def test_the_rehearsed_pickup_changes_nothing(redis: Any, caplog: pytest.LogCaptureFixture) -> None:
+    import copy
     import logging
 
     from rq.job import Job
@@ -217,10 +218,17 @@ def test_the_rehearsed_pickup_changes_nothing(redis: Any, caplog: pytest.LogCapt
     keys = sorted(redis.keys("*"))
     stored = {key: redis.dump(key) for key in keys}
     row = JobRecord.objects.values().get(pk=handle.id)
+
+    def state(obj: Any) -> dict[str, Any]:  # each attribute, containers copied
+        return {k: copy.copy(v) if isinstance(v, dict | list | set) else v for k, v in vars(obj).items()}
+
+    worker_state, job_state = state(worker), state(job)
     before = redis.info("commandstats")
     with caplog.at_level(logging.DEBUG, logger="django_jobs.worker"):
         worker._rehearse_pickup(job, found[0])
     after = redis.info("commandstats")
+    assert state(worker) == worker_state
+    assert state(job) == job_state
 
     assert "Could not rehearse" not in caplog.text  # it ran every step
     # Only the INFO that took the first count ran in between.

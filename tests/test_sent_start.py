@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from typing import Any
+
 import pytest
 from django.db import DatabaseError, connection, connections, transaction
 from django.utils import timezone
@@ -11,7 +14,7 @@ from rq.job import Job
 from django_jobs import records
 from django_jobs.models import JobRecord
 from django_jobs.queues import get_connection, resolve_serializer
-from tests.conftest import wait_for
+from tests.conftest import run_manage, wait_for
 from tests.testapp.jobs import add
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -25,22 +28,24 @@ def rq_job(job_id: str) -> Job:
     return Job.fetch(job_id, connection=get_connection("default"), serializer=resolve_serializer())
 
 
-def row_seen_elsewhere(job_id: str) -> tuple[str, int, str]:
-    """The row as another database session sees it (a fresh connection, not this test's)."""
+def other_session(autocommit: bool = True) -> Any:
+    """Another database session (a fresh psycopg connection, not this test's)."""
     import psycopg
 
     settings = connection.settings_dict
-    with (
-        psycopg.connect(
-            dbname=settings["NAME"],
-            user=settings["USER"],
-            password=settings["PASSWORD"] or None,
-            host=settings["HOST"],
-            port=settings["PORT"] or None,
-            autocommit=True,
-        ) as other,
-        other.cursor() as cursor,
-    ):
+    return psycopg.connect(
+        dbname=settings["NAME"],
+        user=settings["USER"],
+        password=settings["PASSWORD"] or None,
+        host=settings["HOST"],
+        port=settings["PORT"] or None,
+        autocommit=autocommit,
+    )
+
+
+def row_seen_elsewhere(job_id: str) -> tuple[str, int, str]:
+    """The row as another database session sees it."""
+    with other_session() as other, other.cursor() as cursor:
         cursor.execute(
             f"SELECT status, attempts, worker_name FROM {JobRecord._meta.db_table} WHERE id = %s", [job_id]
         )
@@ -57,6 +62,76 @@ def test_the_sent_start_commits_even_if_its_answer_is_never_read() -> None:
     # As if the worker died right after sending: its connection closes, nothing is read.
     connection.close()
     assert wait_for(lambda: row_seen_elsewhere(handle.id) == ("started", 1, "w-sent"), timeout=30)
+
+
+@postgresql_only
+def test_the_sent_start_commits_when_the_sending_process_is_killed() -> None:
+    handle = add.delay(1, 2)
+    code = (
+        "import os, signal\n"
+        "from django.utils import timezone\n"
+        "from rq.job import Job\n"
+        "from django_jobs import records\n"
+        "from django_jobs.queues import get_connection, resolve_serializer\n"
+        f"job = Job.fetch({handle.id!r}, connection=get_connection('default'),\n"
+        "                serializer=resolve_serializer())\n"
+        "assert records.send_start(job, 'w-killed', timezone.now()) is not None\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    result = run_manage("shell", "-c", code)
+    assert result.returncode == -9, result.stderr  # killed, the answer never read
+    assert wait_for(lambda: row_seen_elsewhere(handle.id) == ("started", 1, "w-killed"), timeout=30)
+
+
+@postgresql_only
+def test_sending_the_start_does_not_wait_for_the_statement() -> None:
+    handle = add.delay(1, 2)
+    job = rq_job(handle.id)
+    table = JobRecord._meta.db_table
+    with other_session(autocommit=False) as locker:
+        locker.execute(f"SELECT id FROM {table} WHERE id = %s FOR UPDATE", [handle.id])
+        sent: list[Any] = []
+        sender = threading.Thread(target=lambda: sent.append(records.send_start(job, "w", timezone.now())))
+        sender.start()
+        sender.join(60)  # a bound, not a speed: with the row locked, a blocking send never returns
+        assert not sender.is_alive() and sent[0] is not None
+        with other_session() as watcher:
+            waiting = watcher.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE %s",
+                [f"UPDATE {connection.ops.quote_name(table)}%"],
+            ).fetchone()
+        assert waiting == (1,)  # the UPDATE is at the server, waiting for the lock
+        locker.rollback()
+    sender = threading.Thread(target=sent[0].finish)
+    sender.start()
+    sender.join(60)
+    assert JobRecord.objects.get(pk=handle.id).attempts == 1
+
+
+@postgresql_only
+def test_a_connection_lost_before_the_answer_is_marked_broken_and_the_start_written_again() -> None:
+    from django_jobs.worker import reset_database_connections
+
+    handle = add.delay(1, 2)
+    job = rq_job(handle.id)
+    table = JobRecord._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        backend = cursor.fetchone()[0]
+    with other_session(autocommit=False) as locker:
+        locker.execute(f"SELECT id FROM {table} WHERE id = %s FOR UPDATE", [handle.id])
+        sent = records.send_start(job, "w", timezone.now())
+        assert sent is not None
+        with other_session() as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", [backend])
+        with pytest.raises(DatabaseError):
+            sent.finish()
+        locker.rollback()
+    assert connection.errors_occurred  # so the worker's reset replaces the connection
+    reset_database_connections()
+    records.mark_started(job, "w")  # what the worker falls back to
+    row = JobRecord.objects.get(pk=handle.id)
+    assert (row.status, row.attempts) == ("started", 1)
 
 
 @postgresql_only
@@ -94,7 +169,7 @@ def test_a_refused_start_raises_when_its_answer_is_read_and_writes_nothing() -> 
     try:
         sent = records.send_start(job, "w-sent", timezone.now())
         assert sent is not None
-        with pytest.raises(DatabaseError, match=f"The start of job {handle.id} was not written"):
+        with pytest.raises(DatabaseError, match="does not exist"):
             sent.finish()
     finally:
         with connection.cursor() as cursor:
@@ -113,6 +188,11 @@ def test_the_start_is_written_the_ordinary_way_where_it_cannot_be_sent() -> None
         assert records.send_start(job, "w", timezone.now()) is None  # inside a transaction
     with connections["default"].execute_wrapper(lambda execute, *args: execute(*args)):
         assert records.send_start(job, "w", timezone.now()) is None  # an execute wrapper would miss it
+    connection.force_debug_cursor = True
+    try:
+        assert records.send_start(job, "w", timezone.now()) is None  # the query log would miss it
+    finally:
+        connection.force_debug_cursor = False
     if connection.vendor != "postgresql":
         assert records.send_start(job, "w", timezone.now()) is None
     assert JobRecord.objects.get(pk=handle.id).attempts == 0
