@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -41,6 +43,15 @@ def other_session(autocommit: bool = True) -> Any:
         port=settings["PORT"] or None,
         autocommit=autocommit,
     )
+
+
+@contextmanager
+def row_locked(job_id: str) -> Iterator[None]:
+    """The job's row locked by another session until the block ends."""
+    with other_session(autocommit=False) as locker:
+        locker.execute(f"SELECT id FROM {JobRecord._meta.db_table} WHERE id = %s FOR UPDATE", [job_id])
+        yield
+        locker.rollback()
 
 
 def row_seen_elsewhere(job_id: str) -> tuple[str, int, str]:
@@ -88,8 +99,7 @@ def test_sending_the_start_does_not_wait_for_the_statement() -> None:
     handle = add.delay(1, 2)
     job = rq_job(handle.id)
     table = JobRecord._meta.db_table
-    with other_session(autocommit=False) as locker:
-        locker.execute(f"SELECT id FROM {table} WHERE id = %s FOR UPDATE", [handle.id])
+    with row_locked(handle.id):
         sent: list[Any] = []
         sender = threading.Thread(target=lambda: sent.append(records.send_start(job, "w", timezone.now())))
         sender.start()
@@ -101,7 +111,6 @@ def test_sending_the_start_does_not_wait_for_the_statement() -> None:
                 [f"UPDATE {connection.ops.quote_name(table)}%"],
             ).fetchone()
         assert waiting == (1,)  # the UPDATE is at the server, waiting for the lock
-        locker.rollback()
     sender = threading.Thread(target=sent[0].finish)
     sender.start()
     sender.join(60)
@@ -114,19 +123,16 @@ def test_a_connection_lost_before_the_answer_is_marked_broken_and_the_start_writ
 
     handle = add.delay(1, 2)
     job = rq_job(handle.id)
-    table = JobRecord._meta.db_table
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_backend_pid()")
         backend = cursor.fetchone()[0]
-    with other_session(autocommit=False) as locker:
-        locker.execute(f"SELECT id FROM {table} WHERE id = %s FOR UPDATE", [handle.id])
+    with row_locked(handle.id):
         sent = records.send_start(job, "w", timezone.now())
         assert sent is not None
         with other_session() as admin:
             admin.execute("SELECT pg_terminate_backend(%s)", [backend])
         with pytest.raises(DatabaseError):
             sent.finish()
-        locker.rollback()
     assert connection.errors_occurred  # so the worker's reset replaces the connection
     reset_database_connections()
     records.mark_started(job, "w")  # what the worker falls back to
