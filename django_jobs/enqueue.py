@@ -23,13 +23,13 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, InterfaceError, connections, transaction
 from django.utils import timezone
 from redis.exceptions import RedisError
 
 from . import limits, records, uniqueness
 from .models import JobStatus
-from .payload import check_arguments, check_payload_size, to_jsonable
+from .payload import check_arguments, check_payload_size, check_storable_on_postgresql, to_jsonable
 from .pusher import pusher
 from .queues import default_result_ttl, get_queue, queue_config, uses_json
 
@@ -138,6 +138,8 @@ def _checked_arguments(
     else:
         stored = (to_jsonable(list(args)), to_jsonable(dict(kwargs)))
     check_payload_size(label, stored)
+    if connections[records.db_alias()].vendor == "postgresql":  # which would refuse the row
+        check_storable_on_postgresql(label, {"args": stored[0], "kwargs": stored[1]})
     return stored
 
 
@@ -241,7 +243,7 @@ def enqueue(
         "unique_key": unique_key,
     }
     if (
-        conf.push == "redis-first"
+        (conf.push == "redis-first" or (conf.push == "immediate" and records.can_send(using)))
         and not chosen_id  # a taken id must fail at the row's insert, before any push
         and run_at is None
         and due_at is None
@@ -253,8 +255,15 @@ def enqueue(
         and transaction.get_autocommit(using)
         and queue_config(queue_name).get("ASYNC", True) is not False
     ):
-        push_first(fields, args, kwargs, using)
-        return JobHandle(job_id)
+        if conf.push == "redis-first":
+            push_first(fields, args, kwargs, using)
+            return JobHandle(job_id)
+        # The default push: on PostgreSQL the row's INSERT is sent, commits while the job is
+        # pushed, and is answered before .delay() returns (one round trip's wait, not two).
+        sent = records.send_insert(using=using, **fields)
+        if sent is not None:
+            push_first(fields, args, kwargs, using, sent=sent)
+            return JobHandle(job_id)
     create = partial(records.create, using=using, **fields)
     if unique_key is None:
         create()
@@ -391,19 +400,31 @@ def _enqueue_in_one_trip(rq_queue: Any, rq_job: Any, options: dict[str, Any]) ->
     return rq_job
 
 
-def push_first(fields: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any], using: str) -> None:
-    """Push a job ahead of its row (``fields``, as :func:`records.create` takes them), then hand
-    the row to this process's row writer.
+def push_first(
+    fields: dict[str, Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    using: str,
+    *,
+    sent: records.SentInsert | None = None,
+) -> None:
+    """Push a job whose row (``fields``, as :func:`records.create` takes them) is not committed
+    yet: one round trip to Redis in the caller's thread, as django-rq's ``.delay()``.
 
-    ``DJANGO_JOBS["PUSH"] = "redis-first"``, outside a transaction: one round
-    trip to Redis in the caller's thread, as django-rq's ``.delay()``; the
-    rows are inserted many at a time. The job carries its row's options, so
-    a worker that takes it first writes the whole row. If Redis cannot be
-    reached the row is written now, ``queued`` with ``needs_push`` set.
+    - ``DJANGO_JOBS["PUSH"] = "redis-first"`` (no ``sent``): the row then goes to this process's
+      row writer, which inserts rows many at a time.
+    - The default push on PostgreSQL: the row's ``INSERT`` was ``sent`` ahead and
+      commits while the job is pushed; its answer is read last, so the row is committed when
+      ``.delay()`` returns. Should the database fail in between, the job is in Redis already and
+      its row goes to the row writer.
+
+    The job carries its row's options, so a worker that takes it before the row is there writes
+    the whole row. If Redis cannot be reached, the row is written now, ``queued`` with
+    ``needs_push`` set.
     """
     from .pusher import row_writer
 
-    row = records.row_values(**fields)
+    row = sent.values if sent is not None else records.row_values(**fields)
     job_id, func_name, queue_name, options = (
         fields["job_id"],
         fields["func_name"],
@@ -425,6 +446,9 @@ def push_first(fields: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, 
             exc,
             exc_info=not isinstance(exc, RedisError | OSError),
         )
+        if sent is not None and _sent_row_written(sent, job_id):
+            records.mark_push_failed(job_id, using)
+            return
         try:
             records.create(using=using, **fields, needs_push=True)
         except IntegrityError:
@@ -432,7 +456,27 @@ def push_first(fields: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, 
             # that took it wrote the row first.
             logger.warning("Job %s has a row already: it was pushed after all.", job_id)
         return
-    row_writer.submit(using, row)
+    if sent is None or not _sent_row_written(sent, job_id):
+        row_writer.submit(using, row)
+
+
+def _sent_row_written(sent: records.SentInsert, job_id: str) -> bool:
+    """Read the answer to a row's ``INSERT`` sent ahead: whether it wrote the row."""
+    try:
+        sent.finish()
+    except IntegrityError:
+        # A worker took the job before the row was committed and wrote the row itself.
+        return False
+    except (DatabaseError, InterfaceError) as exc:
+        logger.warning(
+            "Could not write the row of job %s: %s. The job is in Redis; its row is kept in this "
+            "process and written once the database answers (a worker that takes the job first "
+            "writes it itself).",
+            job_id,
+            exc,
+        )
+        return False
+    return True
 
 
 def push(

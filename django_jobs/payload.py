@@ -64,6 +64,40 @@ def check_arguments(label: str, arguments: dict[str, Any]) -> None:
         )
 
 
+def _first_nul(value: Any, path: str) -> str | None:
+    """Where the first string (or dict key) holding the character NUL is inside ``value``, or None."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            found = _first_nul(item, f"{path}[{index}]")
+            if found is not None:
+                return found
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str) and "\x00" in key:
+                return f"{path} key {key!r}"
+            found = _first_nul(item, f"{path}[{key!r}]")
+            if found is not None:
+                return found
+    return None
+
+
+def check_storable_on_postgresql(label: str, arguments: dict[str, Any]) -> None:
+    """Raise ``ValueError`` when an argument holds text PostgreSQL's JSON columns cannot store.
+
+    ``arguments`` maps each parameter name (or ``args``/``kwargs``) to its stored value.
+    """
+    for name, value in arguments.items():
+        where = _first_nul(value, name)
+        if where is not None:
+            raise ValueError(
+                f"{label}: argument {where!r} holds the character NUL (\\x00), which PostgreSQL "
+                "cannot store in the job's row (its arguments are a JSON column). Remove it, or pass "
+                "binary data as base64 text."
+            )
+
+
 def check_payload_size(label: str, payload: Any) -> None:
     """Raise ``ValueError`` when the arguments exceed ``DJANGO_JOBS["MAX_PAYLOAD_BYTES"]`` as JSON."""
     from .conf import conf

@@ -46,13 +46,40 @@ def create(*, using: str, **fields: Any) -> None:
     from django.db import connections
 
     connection = connections[using]
-    values = row_values(**fields)
-    sql, columns = _insert_sql(connection.alias)
-    params = [
-        field.get_db_prep_save(values.get(field.attname, default), connection) for field, default in columns
+    _run(connection, *_insert_statement(connection, row_values(**fields)))
+
+
+def _insert_statement(connection: Any, values: dict[str, Any]) -> tuple[str, list[Any]]:
+    """The INSERT of a new job's row (``values`` from :func:`row_values`) and its parameters."""
+    sql, _fields = _insert_sql(connection.alias)
+    return sql, [
+        default if name not in values else prep(values[name], connection)
+        for name, prep, default in _prepared_columns(connection)
     ]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+
+
+_PREPARED: dict[str, list[tuple[str, Any, Any]]] = {}
+
+
+def _prepared_columns(connection: Any) -> list[tuple[str, Any, Any]]:
+    """Each column of the INSERT: its field's name, how to prepare a value for it, and its default
+    prepared once (a new row leaves most columns at their defaults)."""
+    if connection.alias not in _PREPARED:
+        from django.db.models import JSONField
+
+        def prep_or_none(field: Any) -> Any:
+            if isinstance(field, JSONField):
+                return field.get_db_prep_save
+            # NULL is NULL for every other column: no need to go through the field for it.
+            return lambda value, connection: (
+                None if value is None else field.get_db_prep_save(value, connection)
+            )
+
+        _PREPARED[connection.alias] = [
+            (field.attname, prep_or_none(field), field.get_db_prep_save(default, connection))
+            for field, default in _insert_sql(connection.alias)[1]
+        ]
+    return _PREPARED[connection.alias]
 
 
 def row_values(
@@ -291,9 +318,37 @@ def _execute(sql: str, params: list[Any]) -> int:
     """
     from django.db import connections
 
-    with connections[db_alias()].cursor() as cursor:
+    return _run(connections[db_alias()], sql, params)
+
+
+def _run(connection: Any, sql: str, params: list[Any]) -> int:
+    """Run one statement; return the rows it changed.
+
+    On SQLite, where Django would do nothing more than run it (no query log, no execute
+    wrapper), it goes to the driver directly, with Django's checks and error wrapping: a
+    cursor wrapper and the rewrite of its placeholders cost more than SQLite's own work on an
+    ``UPDATE`` by primary key.
+    """
+    if connection.vendor == "sqlite" and not (connection.queries_logged or connection.execute_wrappers):
+        connection.close_if_health_check_failed()
+        connection.ensure_connection()
+        connection.validate_thread_sharing()
+        connection.validate_no_broken_transaction()
+        with connection.wrap_database_errors:
+            return int(connection.connection.execute(_qmarks(sql), params).rowcount)
+    with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return int(cursor.rowcount)
+
+
+_QMARKS: dict[str, str] = {}
+
+
+def _qmarks(sql: str) -> str:
+    """``sql`` with SQLite's placeholders (this module's statements have no literal ``%``)."""
+    if sql not in _QMARKS:
+        _QMARKS[sql] = sql.replace("%s", "?")
+    return _QMARKS[sql]
 
 
 def _sql(template: str) -> str:
@@ -359,17 +414,21 @@ def mark_started(job: Job, worker_name: str, at: datetime | None = None) -> None
         _start_without_row(job, worker_name, now)
 
 
-class SentStart:
-    """A job's start, sent to PostgreSQL and not yet answered (see :func:`send_start`)."""
+class _Sent:
+    """One statement sent to PostgreSQL outside a transaction, its answer not read yet.
 
-    def __init__(self, connection: Any, job: Job, worker_name: str, at: datetime) -> None:
+    Once sent, the statement commits on its own (autocommit), even if this process dies before
+    it reads the answer. Sent as psycopg's ``ClientCursor`` would send it (the parameters
+    merged into the text), on the connection Django holds.
+    """
+
+    def __init__(self, connection: Any, statement: tuple[str, list[Any]]) -> None:
         from psycopg import ClientCursor
 
-        self.connection, self.job, self.worker_name, self.at = connection, job, worker_name, at
-        self.statement = start_statement(job.id, worker_name, at)
+        self.connection, self.statement = connection, statement
         with connection.wrap_database_errors:
             raw = connection.connection
-            query = ClientCursor(raw).mogrify(*self.statement)
+            query = ClientCursor(raw).mogrify(*statement)
             self.pgconn = raw.pgconn
             self.pgconn.send_query(query.encode(raw.info.encoding))
             self._flush()
@@ -385,8 +444,8 @@ class SentStart:
             self._wait(select.POLLOUT | select.POLLIN)
             self.pgconn.consume_input()
 
-    def finish(self) -> None:
-        """Wait for the answer and complete the start as :func:`mark_started` would.
+    def _rows(self) -> int:
+        """Wait for the answer; return the rows the statement changed.
 
         Raises Django's ``DatabaseError`` (a subclass, as for any statement) if the statement
         failed: then nothing was written.
@@ -411,38 +470,96 @@ class SentStart:
                     failed = result
             if written is None:
                 if failed is None:
-                    raise psycopg.InterfaceError(f"No answer to the start of job {self.job.id}.")
+                    raise psycopg.InterfaceError(f"No answer to {self.statement[0].split()[0]}.")
                 raise error_from_result(failed, encoding=self.connection.connection.info.encoding)
-        if not _started_or_missing(self.job.id, self.statement, written):
+        return written
+
+
+class SentStart(_Sent):
+    """A job's start, sent to PostgreSQL and not yet answered (see :func:`send_start`)."""
+
+    def __init__(self, connection: Any, job: Job, worker_name: str, at: datetime) -> None:
+        self.job, self.worker_name, self.at = job, worker_name, at
+        super().__init__(connection, start_statement(job.id, worker_name, at))
+
+    def finish(self) -> None:
+        """Wait for the answer and complete the start as :func:`mark_started` would.
+
+        Raises Django's ``DatabaseError`` if the statement failed: then nothing was written.
+        """
+        if not _started_or_missing(self.job.id, self.statement, self._rows()):
             _start_without_row(self.job, self.worker_name, self.at)
 
 
-def send_start(job: Job, worker_name: str, at: datetime) -> SentStart | None:
-    """Send the start of ``job`` to PostgreSQL without waiting for the answer; None where that
-    cannot be done (then :func:`mark_started` writes it).
+class SentInsert(_Sent):
+    """A new job's row, sent to PostgreSQL and not yet answered (see :func:`send_insert`)."""
 
-    Once sent, the ``UPDATE`` commits on its own (autocommit), even if this process dies before
-    it reads the answer: the forking worker starts the job's process meanwhile. Only with
-    psycopg 3, outside a transaction, and when Django would do nothing more than run the
-    statement (no query log, no execute wrapper).
-    """
+    def __init__(self, connection: Any, values: dict[str, Any]) -> None:
+        self.values = values
+        super().__init__(connection, _insert_statement(connection, values))
+
+    def finish(self) -> None:
+        """Wait for the answer. Raises Django's ``DatabaseError`` if the row was not written
+        (``IntegrityError`` if a worker that took the job wrote it first)."""
+        self._rows()
+
+
+def can_send(alias: str) -> bool:
+    """Whether statements can be sent ahead on this database: PostgreSQL with psycopg 3."""
     from django.db import connections
 
-    connection = connections[db_alias()]
+    return connections[alias].vendor == "postgresql" and _psycopg3()
+
+
+def _sending_connection(alias: str) -> Any:
+    """The connection to send a statement ahead on, or None where that cannot be done: not
+    PostgreSQL with psycopg 3, inside a transaction, or where Django would do more than run the
+    statement (a query log, an execute wrapper). Connects if need be."""
+    from django.db import connections
+
+    connection = connections[alias]
     if (
-        connection.vendor != "postgresql"
-        or not _psycopg3()
+        not can_send(alias)
         or connection.in_atomic_block
         or connection.queries_logged
         or connection.execute_wrappers
     ):
         return None
     try:
-        if not connection.get_autocommit():  # connects if need be
-            return None
+        return connection if connection.get_autocommit() else None
+    except (DatabaseError, InterfaceError):
+        return None  # the ordinary write then tries again, and fails or not as it would have
+
+
+def send_start(job: Job, worker_name: str, at: datetime) -> SentStart | None:
+    """Send the start of ``job`` to PostgreSQL without waiting for the answer; None where that
+    cannot be done (then :func:`mark_started` writes it).
+
+    The forking worker starts the job's process meanwhile, then reads the answer
+    (:meth:`SentStart.finish`).
+    """
+    connection = _sending_connection(db_alias())
+    if connection is None:
+        return None
+    try:
         return SentStart(connection, job, worker_name, at)
     except (DatabaseError, InterfaceError):
         return None  # mark_started() then tries again, and the spool keeps it if it must
+
+
+def send_insert(*, using: str, **fields: Any) -> SentInsert | None:
+    """Send a new job's row (``fields`` as :func:`create` takes them) to PostgreSQL without
+    waiting for the answer; None where that cannot be done (then :func:`create` writes it).
+
+    ``.delay()`` pushes the job meanwhile, then reads the answer (:meth:`SentInsert.finish`).
+    """
+    connection = _sending_connection(using)
+    if connection is None:
+        return None
+    try:
+        return SentInsert(connection, row_values(**fields))
+    except (DatabaseError, InterfaceError):
+        return None
 
 
 def _start_without_row(job: Job, worker_name: str, at: datetime) -> None:

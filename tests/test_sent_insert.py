@@ -1,0 +1,169 @@
+"""The default ``.delay()`` on PostgreSQL: the row's INSERT sent, the job pushed, the answer read last."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+from django.db import connection, transaction
+from django.test.utils import override_settings
+
+from django_jobs import enqueue, get_queue, records
+from django_jobs.models import JobRecord
+from django_jobs.pusher import flush
+from tests.test_redis_first import _closed_port
+from tests.test_sent_start import other_session, row_seen_elsewhere
+from tests.testapp.jobs import add
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+postgresql_only = pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="the row is sent ahead on PostgreSQL only"
+)
+
+TABLE = JobRecord._meta.db_table
+
+
+def carries_row_options(job_id: str) -> bool:
+    """Whether the job was pushed ahead of its row's commit (it then carries the row's options)."""
+    job = get_queue("default").fetch_job(job_id)
+    assert job is not None
+    return records.ROW_OPTIONS_META in job.meta
+
+
+def new_fields(job_id: str, *args: Any) -> dict[str, Any]:
+    return {
+        "job_id": job_id,
+        "func_name": add.name,
+        "queue": "default",
+        "args": list(args),
+        "kwargs": {},
+        "status": "queued",
+        "options": {"retry_max": 4},
+    }
+
+
+def delay_in_thread() -> tuple[threading.Thread, list[Any]]:
+    """``add.delay(5, 6)`` in a thread of its own (so with its own database connection)."""
+    from django.db import connections
+
+    returned: list[Any] = []
+
+    def call() -> None:
+        try:
+            returned.append(add.delay(5, 6))
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    return thread, returned
+
+
+def backend_waiting_on_insert(watcher: Any) -> int | None:
+    found = watcher.execute(
+        "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE %s",
+        [f"INSERT INTO {connection.ops.quote_name(TABLE)}%"],
+    ).fetchone()
+    return None if found is None else int(found[0])
+
+
+@postgresql_only
+def test_delay_returns_with_the_row_committed_and_the_job_in_redis() -> None:
+    handle = add.delay(1, 2)
+    assert row_seen_elsewhere(handle.id)[:2] == ("queued", 0)  # committed, seen by another session
+    assert get_queue("default").get_job_ids() == [handle.id]
+    assert carries_row_options(handle.id)  # it went the sent way
+    row = JobRecord.objects.get(pk=handle.id)
+    assert (row.func_name, row.args, row.needs_push) == (add.name, [1, 2], False)
+
+
+@postgresql_only
+def test_the_job_is_pushed_while_its_row_commits_and_delay_waits_for_the_commit() -> None:
+    with other_session(autocommit=False) as locker, other_session() as watcher:
+        # Inserts wait for this lock: the row's INSERT is held at the server.
+        locker.execute(f"LOCK TABLE {connection.ops.quote_name(TABLE)} IN SHARE MODE")
+        thread, returned = delay_in_thread()
+        deadline = time.monotonic() + 60
+        while not get_queue("default").get_job_ids() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        [job_id] = get_queue("default").get_job_ids()  # pushed while the INSERT waits
+        assert backend_waiting_on_insert(watcher) is not None
+        assert thread.is_alive() and not returned  # .delay() has not returned: no answer yet
+        locker.rollback()  # the lock goes, the INSERT commits
+        thread.join(60)
+    assert [handle.id for handle in returned] == [job_id]
+    assert row_seen_elsewhere(job_id)[:2] == ("queued", 0)
+
+
+@postgresql_only
+def test_a_connection_lost_after_the_send_keeps_the_job_and_its_row_follows(caplog: Any) -> None:
+    with other_session(autocommit=False) as locker, other_session() as watcher:
+        locker.execute(f"LOCK TABLE {connection.ops.quote_name(TABLE)} IN SHARE MODE")
+        thread, returned = delay_in_thread()
+        deadline = time.monotonic() + 60
+        while (backend := backend_waiting_on_insert(watcher)) is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert backend is not None
+        watcher.execute("SELECT pg_terminate_backend(%s)", [backend])
+        thread.join(60)
+        [handle] = returned  # .delay() did not raise: the job was in Redis already
+        assert get_queue("default").get_job_ids() == [handle.id]
+        assert "The job is in Redis; its row is kept in this process" in caplog.text
+        locker.rollback()
+    assert flush(timeout=60)  # the row writer writes it
+    row = JobRecord.objects.get(pk=handle.id)
+    assert (row.status, row.args, row.func_name) == ("queued", [5, 6], add.name)
+
+
+@postgresql_only
+def test_a_row_a_worker_wrote_first_keeps_its_run_and_gets_the_enqueue_side() -> None:
+    # As if a worker took the job between the send and the commit: its row is there first.
+    JobRecord.objects.create(
+        id="sent-late", func_name="", queue="default", status="started", attempts=1, worker_name="w-first"
+    )
+    sent = records.send_insert(using="default", **new_fields("sent-late", 7, 8))
+    assert sent is not None
+    enqueue.push_first(new_fields("sent-late", 7, 8), (7, 8), {}, "default", sent=sent)
+    assert flush(timeout=60)
+    row = JobRecord.objects.get(pk="sent-late")
+    assert (row.status, row.attempts, row.worker_name) == ("started", 1, "w-first")
+    assert (row.func_name, row.args, row.options) == (add.name, [7, 8], {"retry_max": 4})
+
+
+@postgresql_only
+def test_redis_down_marks_the_sent_row_for_a_later_push(caplog: Any) -> None:
+    with override_settings(RQ_QUEUES={"default": {"URL": f"redis://127.0.0.1:{_closed_port()}/0"}}):
+        handle = add.delay(4, 4)
+    row = JobRecord.objects.get(pk=handle.id)
+    assert (row.status, row.needs_push, row.args) == ("queued", True, [4, 4])
+    assert "Its row is written now, queued with needs_push set" in caplog.text
+
+
+@postgresql_only
+def test_an_argument_postgresql_cannot_store_is_refused_before_anything_is_written() -> None:
+    with pytest.raises(ValueError, match=r"argument 'args\[1\]\[0\]' holds the character NUL"):
+        add.delay(1, ["a\x00b"])
+    with pytest.raises(ValueError, match="NUL"):
+        add.map([(1, {"k\x00": 2})])
+    assert not JobRecord.objects.exists()
+    assert get_queue("default").get_job_ids() == []
+
+
+def test_the_row_is_committed_before_the_push_where_it_cannot_be_sent() -> None:
+    with transaction.atomic():
+        in_transaction = add.delay(1, 1)
+    connection.force_debug_cursor = True
+    try:
+        logged = add.delay(2, 2)  # Django's query log would miss a statement sent ahead
+    finally:
+        connection.force_debug_cursor = False
+    chosen = add.apply_async(args=(3, 3), job_id="a-chosen-id")  # a taken id must fail first
+    handles = [in_transaction, logged, chosen]
+    if connection.vendor != "postgresql":
+        handles.append(add.delay(4, 4))
+    for handle in handles:
+        assert not carries_row_options(handle.id)
+        assert JobRecord.objects.get(pk=handle.id).status == "queued"
