@@ -7,6 +7,9 @@ neither a row nor a job, and outside ``atomic()`` the push happens at once.
 If Redis cannot be reached, the row stays ``queued`` with ``needs_push`` set
 and the caller carries on: nothing is lost.
 
+On PostgreSQL (psycopg 3), outside ``atomic()``, the row's ``INSERT`` is
+sent and commits while the job is pushed; its answer is read before
+``.delay()`` returns (:func:`push_first` with a :class:`records.SentInsert`).
 With ``DJANGO_JOBS["PUSH"] = "redis-first"``, a plain ``.delay()`` outside
 any transaction pushes first and its row follows from a thread
 (:func:`push_first`); inside ``atomic()`` it is as above.

@@ -470,7 +470,7 @@ class _Sent:
                     failed = result
             if written is None:
                 if failed is None:
-                    raise psycopg.InterfaceError(f"No answer to {self.statement[0].split()[0]}.")
+                    raise psycopg.InterfaceError(f"no answer to the {self.statement[0].split()[0]}")
                 raise error_from_result(failed, encoding=self.connection.connection.info.encoding)
         return written
 
