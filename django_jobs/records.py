@@ -428,9 +428,14 @@ class _Sent:
         self.connection, self.statement = connection, statement
         with connection.wrap_database_errors:
             raw = connection.connection
-            query = ClientCursor(raw).mogrify(*statement)
             self.pgconn = raw.pgconn
-            self.pgconn.send_query(query.encode(raw.info.encoding))
+            sql, params = statement
+            values = _text_params(params) if raw.info.encoding == "utf-8" else None
+            if values is None:
+                self.pgconn.send_query(ClientCursor(raw).mogrify(sql, params).encode(raw.info.encoding))
+            else:
+                # The parameters apart from the statement (as text, typed by their columns).
+                self.pgconn.send_query_params(_numbered(sql), values)
             self._flush()
 
     def _wait(self, events: int) -> None:
@@ -473,6 +478,44 @@ class _Sent:
                     raise psycopg.InterfaceError(f"no answer to the {self.statement[0].split()[0]}")
                 raise error_from_result(failed, encoding=self.connection.connection.info.encoding)
         return written
+
+
+_NUMBERED: dict[str, bytes] = {}
+
+
+def _numbered(sql: str) -> bytes:
+    """``sql`` with PostgreSQL's numbered placeholders (this module's statements have no
+    literal ``%``)."""
+    if sql not in _NUMBERED:
+        parts = sql.split("%s")
+        numbered = parts[0] + "".join(f"${index}{part}" for index, part in enumerate(parts[1:], 1))
+        _NUMBERED[sql] = numbered.encode()
+    return _NUMBERED[sql]
+
+
+def _text_params(params: list[Any]) -> list[bytes | None] | None:
+    """The parameters in PostgreSQL's text form, or None if one of them has no plain one here
+    (then the statement is sent with its parameters merged in, as psycopg's client cursor does)."""
+    from psycopg.types.json import Jsonb
+
+    values: list[bytes | None] = []
+    for value in params:
+        if value is None:
+            values.append(None)
+        elif isinstance(value, str):
+            values.append(value.encode())
+        elif isinstance(value, bool):
+            values.append(b"t" if value else b"f")
+        elif isinstance(value, int):
+            values.append(str(value).encode())
+        elif isinstance(value, datetime) and value.tzinfo is not None:
+            values.append(value.isoformat().encode())
+        elif type(value) is Jsonb and value.dumps is not None:
+            dumped = value.dumps(value.obj)
+            values.append(dumped.encode() if isinstance(dumped, str) else dumped)
+        else:
+            return None
+    return values
 
 
 class SentStart(_Sent):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ from django_jobs.models import JobRecord
 from django_jobs.pusher import flush
 from tests.test_redis_first import _closed_port
 from tests.test_sent_start import other_session, row_seen_elsewhere
-from tests.testapp.jobs import add
+from tests.testapp.jobs import add, echo
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -26,9 +27,9 @@ postgresql_only = pytest.mark.skipif(
 TABLE = JobRecord._meta.db_table
 
 
-def carries_row_options(job_id: str) -> bool:
+def carries_row_options(job_id: str, queue: str = "default") -> bool:
     """Whether the job was pushed ahead of its row's commit (it then carries the row's options)."""
-    job = get_queue("default").fetch_job(job_id)
+    job = get_queue(queue).fetch_job(job_id)
     assert job is not None
     return records.ROW_OPTIONS_META in job.meta
 
@@ -78,6 +79,30 @@ def test_delay_returns_with_the_row_committed_and_the_job_in_redis() -> None:
     assert carries_row_options(handle.id)  # it went the sent way
     row = JobRecord.objects.get(pk=handle.id)
     assert (row.func_name, row.args, row.needs_push) == (add.name, [1, 2], False)
+
+
+@postgresql_only
+@pytest.mark.parametrize("use_tz", [True, False])
+def test_the_sent_row_holds_what_the_ordinary_insert_writes(settings: Any, use_tz: bool) -> None:
+    # With USE_TZ = False the times are naive: the row is sent with its values merged into the
+    # statement, as psycopg's client cursor writes them, instead of as text parameters.
+    settings.USE_TZ = use_tz
+    text = 'l\'été \\ "quoted" 🚀'
+    sent = echo.delay({"text": text, "list": [1, 2.5, None, True]})
+    connection.force_debug_cursor = True  # the ordinary way: the INSERT committed before the push
+    try:
+        ordinary = echo.delay({"text": text, "list": [1, 2.5, None, True]})
+    finally:
+        connection.force_debug_cursor = False
+    assert carries_row_options(sent.id, "high") and not carries_row_options(ordinary.id, "high")
+    rows = {row.pk: row for row in JobRecord.objects.filter(pk__in=[sent.id, ordinary.id])}
+    columns = [field.attname for field in JobRecord._meta.concrete_fields if field.attname not in ("id",)]
+    first, second = (
+        {name: getattr(rows[handle.id], name) for name in columns} for handle in (sent, ordinary)
+    )
+    assert abs(first.pop("enqueued_at") - second.pop("enqueued_at")) < timedelta(minutes=1)
+    assert first == second
+    assert first["args"] == [{"text": text, "list": [1, 2.5, None, True]}]
 
 
 @postgresql_only
