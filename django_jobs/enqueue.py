@@ -478,6 +478,9 @@ def _sent_row_written(sent: records.SentInsert, job_id: str) -> bool:
             job_id,
             exc,
         )
+        # .delay() does not raise here: a lost connection is closed so that the caller's next
+        # query opens a new one (outside atomic(), as here, Django would otherwise keep it).
+        sent.connection.close_if_unusable_or_obsolete()
         return False
     return True
 

@@ -418,8 +418,9 @@ class _Sent:
     """One statement sent to PostgreSQL outside a transaction, its answer not read yet.
 
     Once sent, the statement commits on its own (autocommit), even if this process dies before
-    it reads the answer. Sent as psycopg's ``ClientCursor`` would send it (the parameters
-    merged into the text), on the connection Django holds.
+    it reads the answer. Sent on the connection Django holds, its parameters apart as text
+    where each has a plain text form, else merged into the statement as psycopg's
+    ``ClientCursor`` merges them.
     """
 
     def __init__(self, connection: Any, statement: tuple[str, list[Any]]) -> None:

@@ -138,6 +138,15 @@ def test_a_connection_lost_after_the_send_keeps_the_job_and_its_row_follows(capl
         assert get_queue("default").get_job_ids() == [handle.id]
         assert "The job is in Redis; its row is kept in this process" in caplog.text
         locker.rollback()
+    # The lost connection was closed, so the next query on this thread connects again.
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        backend = cursor.fetchone()[0]
+    with other_session() as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", [backend])
+    again = add.delay(9, 9)
+    assert flush(timeout=60)
+    assert JobRecord.objects.get(pk=again.id).args == [9, 9]
     assert flush(timeout=60)  # the row writer writes it
     row = JobRecord.objects.get(pk=handle.id)
     assert (row.status, row.args, row.func_name) == ("queued", [5, 6], add.name)
