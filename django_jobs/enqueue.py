@@ -233,6 +233,7 @@ def enqueue(
     else:
         status = JobStatus.DEFERRED if dependencies else JobStatus.QUEUED
     using = records.db_alias()
+    mode = conf.push
     fields: dict[str, Any] = {
         "job_id": job_id,
         "func_name": function.name,
@@ -246,7 +247,7 @@ def enqueue(
         "unique_key": unique_key,
     }
     if (
-        (conf.push == "redis-first" or (conf.push == "immediate" and records.can_send(using)))
+        (mode == "redis-first" or (mode == "immediate" and records.can_send(using)))
         and not chosen_id  # a taken id must fail at the row's insert, before any push
         and run_at is None
         and due_at is None
@@ -258,7 +259,7 @@ def enqueue(
         and transaction.get_autocommit(using)
         and queue_config(queue_name).get("ASYNC", True) is not False
     ):
-        if conf.push == "redis-first":
+        if mode == "redis-first":
             push_first(fields, args, kwargs, using)
             return JobHandle(job_id)
         # The default push: on PostgreSQL the row's INSERT is sent, commits while the job is
@@ -279,7 +280,7 @@ def enqueue(
     if run_at is not None:
         return JobHandle(job_id)  # the database holds it until the scheduler finds it due
     pending = _pending[job_id] = _PendingPush()
-    after_commit = pusher.submit if conf.push == "background" else _push_unless_canceled
+    after_commit = pusher.submit if mode == "background" else _push_unless_canceled
     payload = (function.name, queue_name, list(args), dict(kwargs), options, using)
     transaction.on_commit(partial(after_commit, pending, job_id, *payload), using=using)
     return JobHandle(job_id)
