@@ -126,7 +126,7 @@ def _dependency_ids(depends_on: Any) -> list[str]:
 
 
 def _checked_arguments(
-    function: JobFunction[Any, Any], label: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    function: JobFunction[Any, Any], label: str, args: tuple[Any, ...], kwargs: dict[str, Any], using: str
 ) -> tuple[list[Any], dict[str, Any]]:
     """Check a call against the signature and the JSON rules; return the args and kwargs for the row."""
     try:
@@ -141,7 +141,7 @@ def _checked_arguments(
     else:
         stored = (to_jsonable(list(args)), to_jsonable(dict(kwargs)))
     check_payload_size(label, stored)
-    if connections[records.db_alias()].vendor == "postgresql":  # which would refuse the row
+    if connections[using].vendor == "postgresql":  # which would refuse the row
         check_storable_on_postgresql(label, {"args": stored[0], "kwargs": stored[1]})
     return stored
 
@@ -205,7 +205,8 @@ def enqueue(
     queue_name = queue or function.queue_name or conf.default_queue
     queue_config(queue_name)  # raises UnknownQueueError listing the configured queues
 
-    stored_args, stored_kwargs = _checked_arguments(function, label, args, kwargs)
+    using = records.db_alias()
+    stored_args, stored_kwargs = _checked_arguments(function, label, args, kwargs, using)
     unique_key = uniqueness.key_for(function, args, kwargs)
 
     chosen_id = job_id is not None
@@ -232,7 +233,6 @@ def enqueue(
         status = JobStatus.SCHEDULED
     else:
         status = JobStatus.DEFERRED if dependencies else JobStatus.QUEUED
-    using = records.db_alias()
     mode = conf.push
     fields: dict[str, Any] = {
         "job_id": job_id,
@@ -319,21 +319,21 @@ def enqueue_many(
     if function.timeout is not None:
         check_timeout(f"{function.name}()", function.timeout)
 
+    using = records.db_alias()
     calls: list[tuple[str, tuple[Any, ...], dict[str, Any], list[Any], dict[str, Any], dict[str, Any]]] = []
     for index, item in enumerate(items):
         label = f"{function.name}() item {index}"
         args, kwargs = _split_item(label, item)
-        stored_args, stored_kwargs = _checked_arguments(function, label, args, kwargs)
+        stored_args, stored_kwargs = _checked_arguments(function, label, args, kwargs, using)
         options = _job_options(function, stored_args, stored_kwargs, function.timeout)
         calls.append((new_job_id(), args, kwargs, stored_args, stored_kwargs, options))
     if not calls:
         return []
     if function.unique:
         # Each call must find or take its key: one by one, all or none.
-        with transaction.atomic(using=records.db_alias()):
+        with transaction.atomic(using=using):
             return [enqueue(function, call[1], call[2], queue=queue_name) for call in calls]
 
-    using = records.db_alias()
     records.create_many(
         [
             {

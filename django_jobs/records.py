@@ -6,6 +6,7 @@ statements in all: the insert at enqueue, the start and the end.
 
 from __future__ import annotations
 
+import functools
 import logging
 import select
 from dataclasses import dataclass
@@ -46,15 +47,19 @@ def create(*, using: str, **fields: Any) -> None:
     from django.db import connections
 
     connection = connections[using]
-    _run(connection, *_insert_statement(connection, row_values(**fields)))
+    with connection.cursor() as cursor:
+        cursor.execute(*_insert_statement(connection, row_values(**fields)))
 
 
 def _insert_statement(connection: Any, values: dict[str, Any]) -> tuple[str, list[Any]]:
     """The INSERT of a new job's row (``values`` from :func:`row_values`) and its parameters."""
-    sql, _fields = _insert_sql(connection.alias)
-    return sql, [
-        default if name not in values else prep(values[name], connection)
-        for name, prep, default in _prepared_columns(connection)
+    return _insert_sql(connection.alias)[0], _insert_params(_prepared_columns(connection), values, connection)
+
+
+def _insert_params(columns: list[tuple[str, Any, Any]], values: dict[str, Any], connection: Any) -> list[Any]:
+    """A row's parameters for the INSERT: each column's value prepared, or its prepared default."""
+    return [
+        default if name not in values else prep(values[name], connection) for name, prep, default in columns
     ]
 
 
@@ -63,7 +68,8 @@ _PREPARED: dict[str, list[tuple[str, Any, Any]]] = {}
 
 def _prepared_columns(connection: Any) -> list[tuple[str, Any, Any]]:
     """Each column of the INSERT: its field's name, how to prepare a value for it, and its default
-    prepared once (a new row leaves most columns at their defaults)."""
+    prepared once (a new row leaves most columns at their defaults). A default that is computed
+    (``enqueued_at``'s, the time) is prepared at the first call: a row must give that field."""
     if connection.alias not in _PREPARED:
         from django.db.models import JSONField
 
@@ -211,26 +217,15 @@ def create_many(rows: list[dict[str, Any]], using: str, *, late: bool = False) -
         suffix = f" {on_conflict}"
         sql = f"{head} VALUES {marks}{suffix}"
     size = min(BULK_BATCH_SIZE, connection.ops.bulk_batch_size([field for field, _ in fields], rows)) or 1
-    given = set(rows[0])
-    if any(set(values) != given for values in rows):
-        raise ValueError("create_many(): every row must give the same fields.")
-    defaults = {"enqueued_at": timezone.now()}
-    # (field name, how to prepare its value, or None for a value prepared once: its default)
+    # The rows that do not give their enqueue time share this one.
+    now = JobRecord._meta.get_field("enqueued_at").get_db_prep_save(timezone.now(), connection)
     columns = [
-        (
-            field.attname,
-            field.get_db_prep_save if field.attname in given else None,
-            None
-            if field.attname in given
-            else field.get_db_prep_save(defaults.get(field.attname, default), connection),
-        )
-        for field, default in fields
+        (name, prep, now if name == "enqueued_at" else default)
+        for name, prep, default in _prepared_columns(connection)
     ]
 
     def prepared(values: dict[str, Any]) -> list[Any]:
-        return [
-            default if prep is None else prep(values[name], connection) for name, prep, default in columns
-        ]
+        return _insert_params(columns, values, connection)
 
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql" and len(rows) > PIPELINE_ABOVE and _psycopg3():
@@ -318,37 +313,9 @@ def _execute(sql: str, params: list[Any]) -> int:
     """
     from django.db import connections
 
-    return _run(connections[db_alias()], sql, params)
-
-
-def _run(connection: Any, sql: str, params: list[Any]) -> int:
-    """Run one statement; return the rows it changed.
-
-    On SQLite, where Django would do nothing more than run it (no query log, no execute
-    wrapper), it goes to the driver directly, with Django's checks and error wrapping: a
-    cursor wrapper and the rewrite of its placeholders cost more than SQLite's own work on an
-    ``UPDATE`` by primary key.
-    """
-    if connection.vendor == "sqlite" and not (connection.queries_logged or connection.execute_wrappers):
-        connection.close_if_health_check_failed()
-        connection.ensure_connection()
-        connection.validate_thread_sharing()
-        connection.validate_no_broken_transaction()
-        with connection.wrap_database_errors:
-            return int(connection.connection.execute(_qmarks(sql), params).rowcount)
-    with connection.cursor() as cursor:
+    with connections[db_alias()].cursor() as cursor:
         cursor.execute(sql, params)
         return int(cursor.rowcount)
-
-
-_QMARKS: dict[str, str] = {}
-
-
-def _qmarks(sql: str) -> str:
-    """``sql`` with SQLite's placeholders (this module's statements have no literal ``%``)."""
-    if sql not in _QMARKS:
-        _QMARKS[sql] = sql.replace("%s", "?")
-    return _QMARKS[sql]
 
 
 def _sql(template: str) -> str:
@@ -481,17 +448,12 @@ class _Sent:
         return written
 
 
-_NUMBERED: dict[str, bytes] = {}
-
-
+@functools.cache
 def _numbered(sql: str) -> bytes:
     """``sql`` with PostgreSQL's numbered placeholders (this module's statements have no
     literal ``%``)."""
-    if sql not in _NUMBERED:
-        parts = sql.split("%s")
-        numbered = parts[0] + "".join(f"${index}{part}" for index, part in enumerate(parts[1:], 1))
-        _NUMBERED[sql] = numbered.encode()
-    return _NUMBERED[sql]
+    parts = sql.split("%s")
+    return (parts[0] + "".join(f"${index}{part}" for index, part in enumerate(parts[1:], 1))).encode()
 
 
 def _text_params(params: list[Any]) -> list[bytes | None] | None:
