@@ -35,6 +35,7 @@ from .models import JobStatus
 from .payload import check_arguments, check_payload_size, check_storable_on_postgresql, to_jsonable
 from .pusher import pusher
 from .queues import default_result_ttl, get_queue, queue_config, uses_json
+from .redis_send import SentPipeline
 
 if TYPE_CHECKING:
     from .decorators import JobFunction
@@ -247,7 +248,7 @@ def enqueue(
         "unique_key": unique_key,
     }
     if (
-        (mode == "redis-first" or (mode == "immediate" and records.can_send(using)))
+        mode in ("immediate", "redis-first")
         and not chosen_id  # a taken id must fail at the row's insert, before any push
         and run_at is None
         and due_at is None
@@ -262,12 +263,15 @@ def enqueue(
         if mode == "redis-first":
             push_first(fields, args, kwargs, using)
             return JobHandle(job_id)
-        # The default push: on PostgreSQL the row's INSERT is sent, commits while the job is
-        # pushed, and is answered before .delay() returns (one round trip's wait, not two).
+        # The default push: the row and the push overlap, and both are done when .delay()
+        # returns. On PostgreSQL the row's INSERT is sent and commits while the job is pushed;
+        # elsewhere the push is sent and Redis runs it while the row is written.
         sent = records.send_insert(using=using, **fields)
         if sent is not None:
             push_first(fields, args, kwargs, using, sent=sent)
-            return JobHandle(job_id)
+        else:
+            push_beside_row(fields, args, kwargs, using)
+        return JobHandle(job_id)
     create = partial(records.create, using=using, **fields)
     if unique_key is None:
         create()
@@ -429,39 +433,111 @@ def push_first(
     from .pusher import row_writer
 
     row = sent.values if sent is not None else records.row_values(**fields)
-    job_id, func_name, queue_name, options = (
-        fields["job_id"],
+    try:
+        rq_queue = get_queue(fields["queue"])
+        _enqueue_in_one_trip(rq_queue, _row_carrying_job(rq_queue, fields, args, kwargs), fields["options"])
+    except Exception as exc:
+        _push_failed(exc, fields, using, sent is not None and _sent_row_written(sent, fields["job_id"]))
+        return
+    if sent is None or not _sent_row_written(sent, fields["job_id"]):
+        row_writer.submit(using, row)
+
+
+def push_beside_row(
+    fields: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any], using: str
+) -> None:
+    """The default push where the row cannot be sent ahead (SQLite): the push is sent to Redis,
+    the row is written and committed while Redis runs the push, and Redis's answer is read last
+    (:class:`~django_jobs.redis_send.SentPipeline`). The caller waits for the longer of the two,
+    not for both, and the row is committed when ``.delay()`` returns.
+
+    The job carries its row's options, as with :func:`push_first`. If the row cannot be written,
+    the job is taken back out of its queue and the database's error raised, as if the row had
+    been written first; a worker that took the job already writes the row itself.
+    """
+    from .pusher import row_writer
+
+    job_id = fields["job_id"]
+    try:
+        rq_queue = get_queue(fields["queue"])
+        rq_job = _row_carrying_job(rq_queue, fields, args, kwargs)
+        with rq_queue.connection.pipeline() as pipeline:
+            rq_queue.enqueue_job(rq_job, pipeline=pipeline, at_front=bool(fields["options"].get("at_front")))
+            sent_push = SentPipeline(pipeline)
+    except Exception as exc:
+        _push_failed(exc, fields, using, row_written=False)
+        return
+    try:
+        records.create(using=using, **fields)
+        row_written = True
+    except IntegrityError:
+        row_written = False  # a worker took the job while the row was written, and wrote it first
+    except (DatabaseError, InterfaceError) as exc:
+        try:
+            sent_push.finish()
+        except Exception:
+            raise exc from None  # the database's error: whether Redis took the job is not known
+        if _withdrawn(rq_queue, rq_job):
+            raise
+        _row_not_written(job_id, exc, connections[using])
+        row_writer.submit(using, records.row_values(**fields))
+        return
+    except BaseException:
+        sent_push.abandon()
+        raise
+    try:
+        sent_push.finish()
+    except Exception as exc:
+        _push_failed(exc, fields, using, row_written)
+        return
+    if not row_written:
+        row_writer.submit(using, records.row_values(**fields))
+
+
+def _row_carrying_job(
+    rq_queue: Any, fields: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """The RQ job of a row not committed yet: it carries the row's options in its meta, so that
+    a worker that takes it first can write the whole row."""
+    options = fields["options"]
+    meta = {records.ROW_OPTIONS_META: options}
+    return _create_rq_job(
+        rq_queue, fields["job_id"], fields["func_name"], list(args), dict(kwargs), options, meta
+    )
+
+
+def _withdrawn(rq_queue: Any, rq_job: Any) -> bool:
+    """Take a job no worker has taken yet back out of its queue; whether it was there."""
+    try:
+        if not rq_queue.connection.lrem(rq_queue.key, 1, rq_job.id):
+            return False
+        rq_queue.connection.delete(rq_job.key)
+    except RedisError:
+        return False
+    return True
+
+
+def _push_failed(exc: Exception, fields: dict[str, Any], using: str, row_written: bool) -> None:
+    """Redis did not take a job pushed ahead of its row: the row is kept ``needs_push``."""
+    job_id = fields["job_id"]
+    logger.warning(
+        "Could not push job %s (%s) to Redis queue %r: %s. Its row is written now, queued with "
+        "needs_push set, to be pushed again once Redis is back.",
+        job_id,
         fields["func_name"],
         fields["queue"],
-        fields["options"],
+        exc,
+        exc_info=not isinstance(exc, RedisError | OSError),
     )
-    try:
-        rq_queue = get_queue(queue_name)
-        meta = {records.ROW_OPTIONS_META: options}
-        rq_job = _create_rq_job(rq_queue, job_id, func_name, list(args), dict(kwargs), options, meta)
-        _enqueue_in_one_trip(rq_queue, rq_job, options)
-    except Exception as exc:
-        logger.warning(
-            "Could not push job %s (%s) to Redis queue %r: %s. Its row is written now, queued with "
-            "needs_push set, to be pushed again once Redis is back.",
-            job_id,
-            func_name,
-            queue_name,
-            exc,
-            exc_info=not isinstance(exc, RedisError | OSError),
-        )
-        if sent is not None and _sent_row_written(sent, job_id):
-            records.mark_push_failed(job_id, using)
-            return
-        try:
-            records.create(using=using, **fields, needs_push=True)
-        except IntegrityError:
-            # Redis had taken the job after all (the error came with its answer), and a worker
-            # that took it wrote the row first.
-            logger.warning("Job %s has a row already: it was pushed after all.", job_id)
+    if row_written:
+        records.mark_push_failed(job_id, using)
         return
-    if sent is None or not _sent_row_written(sent, job_id):
-        row_writer.submit(using, row)
+    try:
+        records.create(using=using, **fields, needs_push=True)
+    except IntegrityError:
+        # Redis had taken the job after all (the error came with its answer), and a worker
+        # that took it wrote the row first.
+        logger.warning("Job %s has a row already: it was pushed after all.", job_id)
 
 
 def _sent_row_written(sent: records.SentInsert, job_id: str) -> bool:
@@ -472,18 +548,22 @@ def _sent_row_written(sent: records.SentInsert, job_id: str) -> bool:
         # A worker took the job before the row was committed and wrote the row itself.
         return False
     except (DatabaseError, InterfaceError) as exc:
-        logger.warning(
-            "Could not write the row of job %s: %s. The job is in Redis; its row is kept in this "
-            "process and written once the database answers (a worker that takes the job first "
-            "writes it itself).",
-            job_id,
-            exc,
-        )
-        # .delay() does not raise here: a lost connection is closed so that the caller's next
-        # query opens a new one (outside atomic(), as here, Django would otherwise keep it).
-        sent.connection.close_if_unusable_or_obsolete()
+        _row_not_written(job_id, exc, sent.connection)
         return False
     return True
+
+
+def _row_not_written(job_id: str, exc: Exception, connection: Any) -> None:
+    logger.warning(
+        "Could not write the row of job %s: %s. The job is in Redis; its row is kept in this "
+        "process and written once the database answers (a worker that takes the job first "
+        "writes it itself).",
+        job_id,
+        exc,
+    )
+    # .delay() does not raise here: a lost connection is closed so that the caller's next
+    # query opens a new one (outside atomic(), as here, Django would otherwise keep it).
+    connection.close_if_unusable_or_obsolete()
 
 
 def push(

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from django.db import connection, transaction
-from django.test.utils import override_settings
+from django.test.utils import CaptureQueriesContext, override_settings
 
 from django_jobs import enqueue, get_queue, records
 from django_jobs.models import JobRecord
@@ -89,12 +89,9 @@ def test_the_sent_row_holds_what_the_ordinary_insert_writes(settings: Any, use_t
     settings.USE_TZ = use_tz
     text = 'l\'été \\ "quoted" 🚀'
     sent = echo.delay({"text": text, "list": [1, 2.5, None, True]})
-    connection.force_debug_cursor = True  # the ordinary way: the INSERT committed before the push
-    try:
+    with CaptureQueriesContext(connection) as logged:  # the INSERT through Django's cursor
         ordinary = echo.delay({"text": text, "list": [1, 2.5, None, True]})
-    finally:
-        connection.force_debug_cursor = False
-    assert carries_row_options(sent.id, "high") and not carries_row_options(ordinary.id, "high")
+    assert [query["sql"][:11] for query in logged.captured_queries] == ["INSERT INTO"]
     rows = {row.pk: row for row in JobRecord.objects.filter(pk__in=[sent.id, ordinary.id])}
     columns = [field.attname for field in JobRecord._meta.concrete_fields if field.attname not in ("id",)]
     first, second = (
@@ -186,18 +183,20 @@ def test_an_argument_postgresql_cannot_store_is_refused_before_anything_is_writt
     assert get_queue("default").get_job_ids() == []
 
 
-def test_the_row_is_committed_before_the_push_where_it_cannot_be_sent() -> None:
+def test_the_row_is_committed_before_the_push_inside_atomic_and_with_a_chosen_id() -> None:
     with transaction.atomic():
         in_transaction = add.delay(1, 1)
-    connection.force_debug_cursor = True
-    try:
-        logged = add.delay(2, 2)  # Django's query log would miss a statement sent ahead
-    finally:
-        connection.force_debug_cursor = False
     chosen = add.apply_async(args=(3, 3), job_id="a-chosen-id")  # a taken id must fail first
-    handles = [in_transaction, logged, chosen]
-    if connection.vendor != "postgresql":
-        handles.append(add.delay(4, 4))
-    for handle in handles:
+    for handle in (in_transaction, chosen):
         assert not carries_row_options(handle.id)
         assert JobRecord.objects.get(pk=handle.id).status == "queued"
+
+
+def test_with_the_query_log_the_row_goes_through_djangos_cursor() -> None:
+    # A statement sent ahead would be missing from Django's query log: the row is written the
+    # ordinary way, while Redis runs the push sent just before (tests/test_push_beside_row.py).
+    with CaptureQueriesContext(connection) as logged:
+        handle = add.delay(2, 2)
+    assert [query["sql"][:11] for query in logged.captured_queries] == ["INSERT INTO"]
+    assert carries_row_options(handle.id)
+    assert JobRecord.objects.get(pk=handle.id).status == "queued"
