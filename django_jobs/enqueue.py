@@ -10,6 +10,8 @@ and the caller carries on: nothing is lost.
 On PostgreSQL (psycopg 3), outside ``atomic()``, the row's ``INSERT`` is
 sent and commits while the job is pushed; its answer is read before
 ``.delay()`` returns (:func:`push_first` with a :class:`records.SentInsert`).
+Elsewhere (SQLite) the push is sent and Redis runs it while the row is
+written; Redis's answer is read last (:func:`push_beside_row`).
 With ``DJANGO_JOBS["PUSH"] = "redis-first"``, a plain ``.delay()`` outside
 any transaction pushes first and its row follows from a thread
 (:func:`push_first`); inside ``atomic()`` it is as above.
