@@ -967,7 +967,7 @@ class Bench:
             self.add(
                 Row(
                     "rss.growth.less-sqlite",
-                    f"  the same, less SQLite's own memory ({int(first):,} -> {int(last):,}, MiB)",
+                    "  the same, less SQLite's own memory (MiB)",
                     "mib",
                     {
                         s: (rss[s][last] - rss[s][first] - (in_sqlite[s][last] - in_sqlite[s][first])) / MIB
