@@ -76,6 +76,8 @@ sys.path[:0] = [str(BENCH_DIR), str(ROOT)]
 import benchjobs  # noqa: E402
 
 ENV_CONFIG = "DJANGO_JOBS_BENCH_CONFIG"
+#: Set by --no-hiredis for this process and the worker subprocesses it starts.
+ENV_NO_HIREDIS = "DJANGO_JOBS_BENCH_NO_HIREDIS"
 BENCH_DB = "django_jobs_bench_run"
 GO_KEY = "bench:go:"
 SYSTEMS = ("plain", "djrq", "jobs")
@@ -84,6 +86,32 @@ TITLES = {"plain": "plain rq", "djrq": "django-rq", "jobs": "django_jobs"}
 QUEUE_NAMES = {"plain": "plain", "djrq": "djrq", "jobs": "default"}
 BULK_CALL = 1000
 MIB = 1024 * 1024
+
+
+def block_hiredis() -> None:
+    """Make redis-py use its pure-Python protocol parser and packer, as without ``hiredis``.
+
+    redis-py looks for ``hiredis`` once, when it is first imported: this must run before.
+    """
+    if "redis" in sys.modules:
+        raise RuntimeError("--no-hiredis: redis-py was imported before hiredis could be hidden from it")
+    os.environ[ENV_NO_HIREDIS] = "1"
+    sys.modules["hiredis"] = None  # type: ignore[assignment]  # importing it now raises ImportError
+
+
+def redis_parser() -> str:
+    """Which RESP parser redis-py uses in this process: hiredis (C) or its own (Python)."""
+    from redis.utils import HIREDIS_AVAILABLE
+
+    if not HIREDIS_AVAILABLE:
+        return "Python"
+    from importlib.metadata import version
+
+    return f"hiredis {version('hiredis')}"
+
+
+if os.environ.get(ENV_NO_HIREDIS):
+    block_hiredis()
 
 
 # -- Django -------------------------------------------------------------------------------
@@ -1104,6 +1132,7 @@ def environment(config: dict[str, Any], redis: Any) -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "loadavg_start": os.getloadavg(),
         "redis_server": redis.info("server").get("redis_version"),
+        "redis_parser": redis_parser(),
     }
     for package in ("django", "rq", "django-rq", "redis", "psycopg"):
         try:
@@ -1167,6 +1196,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--json", metavar="PATH", help="where to write the results (default bench/results/latest.json)"
     )
     parser.add_argument("--profile", action="store_true", help="also profile django_jobs' enqueue and worker")
+    parser.add_argument(
+        "--no-hiredis",
+        action="store_true",
+        help="redis-py's pure-Python protocol parser for every system, as if hiredis were not installed",
+    )
     parser.add_argument("--worker-spec", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     quick = args.quick
@@ -1190,6 +1224,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.no_hiredis and not os.environ.get(ENV_NO_HIREDIS):
+        block_hiredis()
     if args.worker_spec:
         return worker_main(json.loads(args.worker_spec))
 
@@ -1235,7 +1271,8 @@ def run(args: argparse.Namespace, config: dict[str, Any]) -> int:
     env = environment(config, bench.redis)
     began = time.monotonic()
     print(
-        f"django_jobs bench: {env['database']}, Redis {env['redis_server']}, {env['cpus']} CPUs, "
+        f"django_jobs bench: {env['database']}, Redis {env['redis_server']} (redis-py's parser: "
+        f"{env['redis_parser']}), {env['cpus']} CPUs, "
         f"load {env['loadavg_start'][0]:.2f}; JSONSerializer for every system, workers at WARNING, "
         f"CONN_MAX_AGE={args.conn_max_age}{', SQLite WAL' if args.sqlite_wal else ''}",
         flush=True,
@@ -1254,7 +1291,10 @@ def run(args: argparse.Namespace, config: dict[str, Any]) -> int:
     print()
     load = f"load {env['loadavg_start'][0]:.2f} at the start and {env['loadavg_end'][0]:.2f} at the end"
     took = f"{env['seconds']:.0f} s"
-    print(f"Results ({config['vendor']}, {took}, {load}; rates: medians of {args.repeat} runs):")
+    print(
+        f"Results ({config['vendor']}, redis-py's parser: {env['redis_parser']}, {took}, {load}; "
+        f"rates: medians of {args.repeat} runs):"
+    )
     print_table(bench.rows)
     missed = [row.label.strip() for row in bench.rows if row.met is False]
     print()

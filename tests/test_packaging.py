@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import platform
 import subprocess
 import sys
 import zipfile
+from importlib.metadata import requires
 from pathlib import Path
+
+import redis.utils
 
 from tests.conftest import ROOT
 
@@ -42,3 +47,23 @@ def test_wheel_contains_migrations_commands_and_py_typed(tmp_path: Path) -> None
     text = zipfile.ZipFile(wheel).read(metadata).decode()
     for requirement in ("Django>=5.2", "rq<4,>=3.0", "django-rq>=4.2", "redis>=5"):
         assert f"Requires-Dist: {requirement}" in text, text
+
+
+def test_hiredis_is_a_dependency_on_cpython_and_the_suite_runs_the_parser_it_was_asked_for() -> None:
+    """django_jobs depends on hiredis (redis-py's C parser) on CPython; the suite runs once with it
+    and once with redis-py's own parser (DJANGO_JOBS_TEST_REDIS_PARSER=python, tests/no_hiredis
+    first on PYTHONPATH): each run checks it has the parser it says, here and in a subprocess."""
+    declared = [r for r in requires("django-jobs") or () if r.startswith("hiredis")]
+    assert declared == ['hiredis>=3.2; platform_python_implementation == "CPython"']
+    wanted = os.environ.get("DJANGO_JOBS_TEST_REDIS_PARSER", "hiredis")
+    assert wanted in ("hiredis", "python"), wanted
+    expected = wanted == "hiredis" and platform.python_implementation() == "CPython"
+    assert redis.utils.HIREDIS_AVAILABLE is expected
+    child = subprocess.run(
+        [sys.executable, "-c", "import redis.utils; print(redis.utils.HIREDIS_AVAILABLE)"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert child.stdout.strip() == str(expected)
