@@ -56,6 +56,7 @@ import json
 import os
 import platform
 import pstats
+import resource
 import signal
 import statistics
 import subprocess
@@ -179,6 +180,19 @@ def vmrss_bytes(pid: int | str = "self") -> int:
     return 0
 
 
+def cpu_seconds() -> float:
+    """CPU time (user and system) of this process and of its children it has waited for: for
+    a forking worker, that includes its work-horses."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def redis_cpu_seconds(redis: Any) -> float:
+    """The CPU time the Redis server has used since it started (``INFO cpu``), all its threads."""
+    info = redis.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 def sqlite_memory_bytes() -> int | None:
     """What SQLite's own allocator holds in this process (``sqlite3_status64`` with
     ``SQLITE_STATUS_MEMORY_USED``): mostly its connections' page caches, each bounded by the
@@ -276,10 +290,10 @@ def worker_main(spec: dict[str, Any]) -> int:
     print("ready", flush=True)
     if go.blpop([GO_KEY + spec["run"]], timeout=600) is None:
         return 3
-    start = time.time()
+    start, cpu_start = time.time(), cpu_seconds()
     worker.work(burst=spec["burst"], logging_level="WARNING")
-    end = time.time()
-    print(json.dumps({"start": start, "end": end, "rss": rss, "sqlite": sqlite}), flush=True)
+    end, cpu = time.time(), cpu_seconds() - cpu_start
+    print(json.dumps({"start": start, "end": end, "cpu": cpu, "rss": rss, "sqlite": sqlite}), flush=True)
     return 0
 
 
@@ -346,7 +360,7 @@ class Workers:
 class Row:
     key: str
     label: str
-    unit: str  # "rate", "ms", "count", "mib"
+    unit: str  # "rate", "ms", "us", "count", "mib"
     values: dict[str, float | None]
     runs: dict[str, list[float]] = field(default_factory=dict)
     note: str = ""
@@ -585,15 +599,20 @@ class Bench:
 
     # -- drain
 
-    def drain_once(self, system: str, worker: str, count: int, procs: int) -> float:
+    def drain_once(self, system: str, worker: str, count: int, procs: int) -> tuple[float, float, float]:
+        """Drain ``count`` no-op jobs: the rate (jobs/s), and the CPU time per job (µs) of the
+        worker processes (with their work-horses) and of the Redis server."""
         self.flush()
         self.enqueue_bulk(system, "noop", count)
+        redis_before = redis_cpu_seconds(self.redis)
         with self.workers.started(system, worker, count=procs) as started:
             pass
+        redis_cpu = redis_cpu_seconds(self.redis) - redis_before
         start = min(p.report["start"] for p in started)
         end = max(p.report["end"] for p in started)
+        worker_cpu = sum(p.report["cpu"] for p in started)
         self.check_drained(system, count)
-        return count / (end - start)
+        return count / (end - start), worker_cpu / count * 1e6, redis_cpu / count * 1e6
 
     def check_drained(self, system: str, count: int) -> None:
         from django_jobs.models import JobRecord
@@ -629,20 +648,33 @@ class Bench:
                 name = "forking Worker, prefork off"
                 label = f"  {name}"
             print(f"drain: {title} (and django_jobs' {name}), {count} no-op jobs, {repeat} runs", flush=True)
-            runs: dict[str, list[float]] = {s: [] for s in SYSTEMS}
-            extra_runs: list[float] = []
+            # Per run: (rate, worker CPU per job, Redis CPU per job).
+            runs: dict[str, list[tuple[float, float, float]]] = {s: [] for s in SYSTEMS}
+            extra_runs: list[tuple[float, float, float]] = []
             for _ in range(repeat):
                 for system in SYSTEMS:
                     runs[system].append(self.drain_once(system, worker, count, workers))
                 extra_runs.append(self.drain_once("jobs", extra, count, workers))
             self.flush()
-            values = {s: median(runs[s]) for s in SYSTEMS}
-            self.add(Row(f"drain.{worker}.{workers}", f"drain, {title} (jobs/s)", "rate", values, runs=runs))
+            rates = {s: [run[0] for run in runs[s]] for s in SYSTEMS}
+            extra_rates = [run[0] for run in extra_runs]
+            values = {s: median(rates[s]) for s in SYSTEMS}
+            self.add(Row(f"drain.{worker}.{workers}", f"drain, {title} (jobs/s)", "rate", values, runs=rates))
             self.say(", ".join(f"{TITLES[s]} {values[s]:,.0f}/s" for s in SYSTEMS))
-            values = {**values, "jobs": median(extra_runs)}
+            self.add_cpu_rows(f"drain.{worker}.{workers}", runs)
+            values = {**values, "jobs": median(extra_rates)}
             key = f"drain.{extra}.{workers}"
-            self.add(Row(key, label, "rate", values, runs={**runs, "jobs": extra_runs}))
+            self.add(Row(key, label, "rate", values, runs={**rates, "jobs": extra_rates}))
             self.say(f"django_jobs {name} {values['jobs']:,.0f}/s")
+            self.add_cpu_rows(key, {**runs, "jobs": extra_runs})
+
+    def add_cpu_rows(self, key: str, runs: dict[str, list[tuple[float, float, float]]]) -> None:
+        """Lines for information, under the drain's own: CPU time per job of the worker processes
+        and of Redis, the medians of its runs (what bounds N processes on a machine with N cores)."""
+        for index, part, what in ((1, "worker", "worker CPU"), (2, "redis", "Redis CPU")):
+            per_run = {s: [run[index] for run in r] for s, r in runs.items()}
+            values = {s: median(v) for s, v in per_run.items()}
+            self.add(Row(f"cpu.{part}.{key}", f"  {what} per job (µs)", "us", values, runs=per_run))
 
     # -- latency
 
@@ -1090,6 +1122,8 @@ def cell(value: float | None, unit: str) -> str:
         return f"{value:,.0f}/s"
     if unit == "ms":
         return f"{value:.2f} ms"
+    if unit == "us":
+        return f"{value:,.0f} µs"
     if unit == "mib":
         return f"{value:.1f}" if abs(value) >= 10 else f"{value:.2f}"
     return f"{value:.2f}"
