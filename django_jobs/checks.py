@@ -173,6 +173,17 @@ def check_options(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
                 id="django_jobs.E004",
             )
         )
+    synchronous_start = options.get("SYNCHRONOUS_START", DEFAULTS["SYNCHRONOUS_START"])
+    if not isinstance(synchronous_start, bool):
+        messages.append(
+            Error(
+                f"DJANGO_JOBS['SYNCHRONOUS_START'] must be True or False, not {synchronous_start!r}.",
+                hint="False (the default) lets the worker's write of a job's start on PostgreSQL "
+                "commit without waiting for its flush to disk; True makes it wait, as every other "
+                "commit does.",
+                id="django_jobs.E004",
+            )
+        )
     worker_class = options.get("WORKER_CLASS", DEFAULTS["WORKER_CLASS"])
     if not isinstance(worker_class, str):
         messages.append(

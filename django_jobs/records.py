@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from django.db import DatabaseError, InterfaceError, router
 from django.utils import timezone
 
+from .conf import conf
 from .models import JobRecord, JobStatus
 
 if TYPE_CHECKING:
@@ -340,9 +341,38 @@ def _datetime(value: datetime) -> Any:
     return connections[db_alias()].ops.adapt_datetimefield_value(value)
 
 
-def start_statement(job_id: str, worker_name: str, at: datetime | None) -> tuple[str, list[Any]]:
+# The start, as a statement that is its own transaction on PostgreSQL: the one-row subquery sets
+# synchronous_commit off for that transaction alone (set_config(..., true) is SET LOCAL), so its
+# commit does not wait for the WAL flush. The WAL is flushed in order, so the job's end, an
+# ordinary commit, cannot reach the disk without the start before it.
+_START_ALONE = _START.replace(
+    " WHERE ", " FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit WHERE ", 1
+)
+
+
+def start_statement(
+    job_id: str, worker_name: str, at: datetime | None, *, alone: bool = False
+) -> tuple[str, list[Any]]:
+    """The start's ``UPDATE`` and its parameters.
+
+    ``alone``: the statement is its own transaction (autocommit, not inside ``atomic()``, nor
+    sent with another statement); on PostgreSQL it then commits asynchronously, unless
+    ``DJANGO_JOBS["SYNCHRONOUS_START"]`` is set.
+    """
+    from django.db import connections
+
     now = _datetime(at or timezone.now())
-    return _sql(_START), [JobStatus.STARTED.value, now, worker_name, job_id, now]
+    asynchronous = alone and connections[db_alias()].vendor == "postgresql" and not conf.synchronous_start
+    sql = _sql(_START_ALONE if asynchronous else _START)
+    return sql, [JobStatus.STARTED.value, now, worker_name, job_id, now]
+
+
+def _alone() -> bool:
+    """Whether a statement run now on the jobs database is a transaction of its own."""
+    from django.db import connections
+
+    connection = connections[db_alias()]
+    return not connection.in_atomic_block and connection.get_autocommit()
 
 
 def _finish_statement(job_id: str, result: Any, at: datetime | None) -> tuple[str, list[Any]]:
@@ -358,7 +388,7 @@ def mark_started_by_id(job_id: str, worker_name: str, at: datetime | None = None
     A start older than the row's last end is skipped: it is a late write of
     an attempt that already ended (written back after a database outage).
     """
-    statement = start_statement(job_id, worker_name, at)
+    statement = start_statement(job_id, worker_name, at, alone=_alone())
     return _started_or_missing(job_id, statement, _execute(*statement))
 
 
@@ -486,7 +516,8 @@ class SentStart(_Sent):
 
     def __init__(self, connection: Any, job: Job, worker_name: str, at: datetime) -> None:
         self.job, self.worker_name, self.at = job, worker_name, at
-        super().__init__(connection, start_statement(job.id, worker_name, at))
+        # Sent only outside a transaction (see _sending_connection): a transaction of its own.
+        super().__init__(connection, start_statement(job.id, worker_name, at, alone=True))
 
     def finish(self) -> None:
         """Wait for the answer and complete the start as :func:`mark_started` would.

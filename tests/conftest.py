@@ -52,6 +52,13 @@ def redis(redis_url: str) -> Iterator[Any]:
     connection_.flushdb()
 
 
+def child_pythonpath() -> str:
+    """``PYTHONPATH`` for a subprocess of the suite: the repository, then what this run was
+    given (``tests/no_hiredis`` in the run without hiredis)."""
+    inherited = os.environ.get("PYTHONPATH", "")
+    return os.pathsep.join([str(ROOT), *([inherited] if inherited else [])])
+
+
 def wait_for(predicate: Any, timeout: float = 60.0) -> Any:
     """Poll until ``predicate()`` is truthy (a generous bound, not a speed assertion)."""
     deadline = time.monotonic() + timeout
@@ -82,7 +89,7 @@ def run_manage(
     full_env = dict(os.environ)
     full_env["DJANGO_SETTINGS_MODULE"] = "tests.settings"
     full_env["DJANGO_JOBS_TEST_DB_NAME"] = str(connection.settings_dict["NAME"])
-    full_env["PYTHONPATH"] = str(ROOT)
+    full_env["PYTHONPATH"] = child_pythonpath()
     full_env.update(env or {})
     return subprocess.run(
         [sys.executable, str(ROOT / "manage.py"), *args],

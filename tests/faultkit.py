@@ -15,7 +15,7 @@ from typing import IO, Any
 
 from django.db import connection
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, child_pythonpath
 
 #: Fast failure detection for the processes a test starts (production: 10 s beats, 20 s grace).
 FAST = {"ORPHAN_GRACE": 1, "RECONCILE_INTERVAL": 2}
@@ -39,7 +39,7 @@ def start(
         DJANGO_SETTINGS_MODULE="tests.settings",
         DJANGO_JOBS_TEST_DB_NAME=str(connection.settings_dict["NAME"]),
         DJANGO_JOBS_TEST_OPTIONS=json.dumps(FAST if options is None else options),
-        PYTHONPATH=str(ROOT),
+        PYTHONPATH=child_pythonpath(),
     )
     full_env.update(env or {})
     if command == "rqworker":

@@ -111,7 +111,14 @@ def test_e003_unknown_key_suggests_the_close_one(settings: Any) -> None:
 
 @pytest.mark.parametrize(
     "options",
-    [{"PROGRESS_INTERVAL": -1}, {"PAUSE_CHECK_INTERVAL": "2"}, {"REDACT": "password"}, {"REDACT": [1]}],
+    [
+        {"PROGRESS_INTERVAL": -1},
+        {"PAUSE_CHECK_INTERVAL": "2"},
+        {"REDACT": "password"},
+        {"REDACT": [1]},
+        {"SYNCHRONOUS_START": "yes"},
+        {"SYNCHRONOUS_START": 1},
+    ],
 )
 def test_e004_admin_option_values(settings: Any, options: dict[str, Any]) -> None:
     settings.DJANGO_JOBS = options

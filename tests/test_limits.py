@@ -19,7 +19,7 @@ from rq import Worker
 
 from django_jobs import get_queue, job, manager
 from django_jobs.models import JobRecord
-from tests.conftest import ROOT, terminate, wait_for
+from tests.conftest import ROOT, child_pythonpath, terminate, wait_for
 from tests.testapp.jobs import (
     five_a_second,
     holds_the_slot,
@@ -44,7 +44,7 @@ def start(command: str, *args: str, log: Path) -> subprocess.Popen[Any]:
     env.update(
         DJANGO_SETTINGS_MODULE="tests.settings",
         DJANGO_JOBS_TEST_DB_NAME=str(connection.settings_dict["NAME"]),
-        PYTHONPATH=str(ROOT),
+        PYTHONPATH=child_pythonpath(),
     )
     with log.open("a") as output:  # a file, not a pipe: a chatty process never blocks on it
         return subprocess.Popen(

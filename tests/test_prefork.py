@@ -17,7 +17,7 @@ import pytest
 from django.db import connection
 
 from django_jobs.models import JobRecord
-from tests.conftest import ROOT, wait_for
+from tests.conftest import ROOT, child_pythonpath, wait_for
 from tests.test_worker import start_worker, stop_worker
 from tests.testapp.jobs import add, bump, child_processes, pid, seen_from_inside, sleep_for, worker_children
 
@@ -120,7 +120,7 @@ def test_a_stop_before_the_job_has_a_process_stops_it(worker_class: str) -> None
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "tests.settings",
         "DJANGO_JOBS_TEST_DB_NAME": str(connection.settings_dict["NAME"]),
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": child_pythonpath(),
     }
     # A session of its own: a worker that killed its own process group must not take pytest along.
     result = subprocess.run(

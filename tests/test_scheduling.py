@@ -25,7 +25,7 @@ from django_jobs import get_queue
 from django_jobs.models import JobRecord, MissedRunPolicy, PeriodicJob
 from django_jobs.scheduler import LEADER_KEY, promote_due, run_periodic, sync_schedules
 from django_jobs.schedules import next_cron_run, next_run, validate_schedule
-from tests.conftest import ROOT, wait_for
+from tests.conftest import ROOT, child_pythonpath, wait_for
 from tests.testapp.jobs import add, nightly_cleanup
 
 db = pytest.mark.django_db(transaction=True)
@@ -36,7 +36,7 @@ def start(command: str, *args: str, schedule: dict[str, Any] | None = None) -> s
     env.update(
         DJANGO_SETTINGS_MODULE="tests.settings",
         DJANGO_JOBS_TEST_DB_NAME=str(connection.settings_dict["NAME"]),
-        PYTHONPATH=str(ROOT),
+        PYTHONPATH=child_pythonpath(),
     )
     if schedule is not None:
         env["DJANGO_JOBS_TEST_SCHEDULE"] = json.dumps(schedule)
@@ -406,7 +406,7 @@ def test_rq_scheduler_jobs_keep_running_under_the_lease(settings: Any, redis: An
 @db
 def test_without_rq_scheduler_the_command_says_how_to_migrate(redis: Any) -> None:
     redis.zadd("rq:scheduler:scheduled_jobs", {"some-old-job": 0})
-    env = dict(os.environ, DJANGO_SETTINGS_MODULE="tests.settings", PYTHONPATH=str(ROOT))
+    env = dict(os.environ, DJANGO_SETTINGS_MODULE="tests.settings", PYTHONPATH=child_pythonpath())
     env["DJANGO_JOBS_TEST_DB_NAME"] = str(connection.settings_dict["NAME"])
     code = (
         "import sys; sys.modules['rq_scheduler'] = None\n"  # as if the package were not installed

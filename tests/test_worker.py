@@ -16,7 +16,7 @@ from django_jobs.enqueue import push
 from django_jobs.models import JobRecord
 from django_jobs.records import create
 from django_jobs.testing import run_burst
-from tests.conftest import ROOT, wait_for
+from tests.conftest import ROOT, child_pythonpath, wait_for
 from tests.testapp.jobs import add, count_rows, echo, explode, flaky, pid, returns_object, sleep_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -27,7 +27,7 @@ def start_worker(*args: str) -> subprocess.Popen[str]:
     env.update(
         DJANGO_SETTINGS_MODULE="tests.settings",
         DJANGO_JOBS_TEST_DB_NAME=str(connection.settings_dict["NAME"]),
-        PYTHONPATH=str(ROOT),
+        PYTHONPATH=child_pythonpath(),
     )
     return subprocess.Popen(
         [sys.executable, str(ROOT / "manage.py"), "rqworker", *args],
