@@ -132,7 +132,7 @@ def configure_django(config: dict[str, Any]) -> None:
         INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth", "django_jobs"],
         DATABASES={"default": config["database"]},
         RQ_QUEUES={name: {"URL": url, "DEFAULT_TIMEOUT": 360} for name in QUEUE_NAMES.values()},
-        DJANGO_JOBS={"AUTODISCOVER": ()},
+        DJANGO_JOBS={"AUTODISCOVER": (), "SYNCHRONOUS_START": config.get("synchronous_start", False)},
         LOGGING_CONFIG=None,
     )
     django.setup()
@@ -1231,6 +1231,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--profile", action="store_true", help="also profile django_jobs' enqueue and worker")
     parser.add_argument(
+        "--synchronous-start",
+        action="store_true",
+        help="PostgreSQL: DJANGO_JOBS['SYNCHRONOUS_START'] = True (the worker's start write waits for "
+        "its flush to disk, as it did before it was made asynchronous)",
+    )
+    parser.add_argument(
         "--no-hiredis",
         action="store_true",
         help="redis-py's pure-Python protocol parser for every system, as if hiredis were not installed",
@@ -1280,6 +1286,7 @@ def main(argv: list[str] | None = None) -> int:
         "redis_url": redis_url,
         "database": database,
         "vendor": "postgresql" if server is not None else "sqlite",
+        "synchronous_start": args.synchronous_start,
     }
     try:
         return run(args, config)
@@ -1308,7 +1315,8 @@ def run(args: argparse.Namespace, config: dict[str, Any]) -> int:
         f"django_jobs bench: {env['database']}, Redis {env['redis_server']} (redis-py's parser: "
         f"{env['redis_parser']}), {env['cpus']} CPUs, "
         f"load {env['loadavg_start'][0]:.2f}; JSONSerializer for every system, workers at WARNING, "
-        f"CONN_MAX_AGE={args.conn_max_age}{', SQLite WAL' if args.sqlite_wal else ''}",
+        f"CONN_MAX_AGE={args.conn_max_age}{', SQLite WAL' if args.sqlite_wal else ''}"
+        f"{', SYNCHRONOUS_START' if args.synchronous_start else ''}",
         flush=True,
     )
     for section in args.sections:
