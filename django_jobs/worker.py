@@ -599,7 +599,7 @@ class Worker(RecordingWorkerMixin, RQWorker):
                 )
                 copy.prepare_for_execution(self.name, pipeline)
                 pipeline.persist(copy.key)
-            records.start_statement(copy.id, self.name, timezone.now())
+            records.start_statement(copy.id, self.name, timezone.now(), alone=True)  # as send_start builds it
             _order(copy, queue, execution)
         except Exception:  # a rehearsal only: the real pickup reports its own errors
             logger.debug("Could not rehearse the pickup of job %s", job.id, exc_info=True)
