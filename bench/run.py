@@ -39,10 +39,11 @@ Measured:
 - worker memory (VmRSS of the worker process) after 1k, 5k, 10k and 15k jobs,
   and its growth over the 10,000 jobs that follow a warm-up of 5,000.
 
-Rates are the median of ``--repeat`` runs (the systems take turns within a
-run). The table shows each measurement, the ratio django_jobs / plain RQ and
-the target with whether it is met; ``--json`` (default
-bench/results/latest.json) gets every run's figures and the environment.
+Rates are the median of ``--repeat`` runs (twice as many for the drain by
+several processes; the systems take turns within a run). The table shows
+each measurement, the ratio django_jobs / plain RQ and the target with
+whether it is met; ``--json`` (default bench/results/latest.json) gets every
+run's figures and the environment.
 ``--profile`` also writes cProfile reports of django_jobs' ``.delay()`` and
 of its SimpleWorker draining to bench/results/.
 """
@@ -165,7 +166,12 @@ def database_settings(args: argparse.Namespace, workdir: str) -> tuple[dict[str,
             "PASSWORD": server["password"],
             "HOST": server["host"],
             "PORT": str(server["port"]),
+            "OPTIONS": {},
         }
+        if args.prepared_statements:
+            # psycopg's prepared statements, which Django leaves off unless OPTIONS set this:
+            # django_jobs then prepares its row writes once per session (see docs/performance.md).
+            database["OPTIONS"]["prepare_threshold"] = 5
     database["CONN_MAX_AGE"] = args.conn_max_age
     return database, server
 
@@ -192,6 +198,13 @@ def redis_cpu_seconds(redis: Any) -> float:
     """The CPU time the Redis server has used since it started (``INFO cpu``), all its threads."""
     info = redis.info("cpu")
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def cpu_ticks() -> tuple[int, int]:
+    """The machine's CPU time so far, all cores (``/proc/stat``): (idle and waiting on I/O, all)."""
+    with open("/proc/stat") as handle:
+        ticks = [int(value) for value in handle.readline().split()[1:]]
+    return ticks[3] + ticks[4], sum(ticks)
 
 
 def sqlite_memory_bytes() -> int | None:
@@ -361,7 +374,7 @@ class Workers:
 class Row:
     key: str
     label: str
-    unit: str  # "rate", "ms", "us", "count", "mib"
+    unit: str  # "rate", "ms", "us", "pct", "count", "mib"
     values: dict[str, float | None]
     runs: dict[str, list[float]] = field(default_factory=dict)
     note: str = ""
@@ -600,20 +613,26 @@ class Bench:
 
     # -- drain
 
-    def drain_once(self, system: str, worker: str, count: int, procs: int) -> tuple[float, float, float]:
-        """Drain ``count`` no-op jobs: the rate (jobs/s), and the CPU time per job (µs) of the
-        worker processes (with their work-horses) and of the Redis server."""
+    def drain_once(
+        self, system: str, worker: str, count: int, procs: int
+    ) -> tuple[float, float, float, float]:
+        """Drain ``count`` no-op jobs: the rate (jobs/s), the CPU time per job (µs) of the
+        worker processes (with their work-horses) and of the Redis server, and the share of the
+        machine's CPU time that went idle meanwhile (%)."""
         self.flush()
         self.enqueue_bulk(system, "noop", count)
         redis_before = redis_cpu_seconds(self.redis)
+        idle_before, total_before = cpu_ticks()
         with self.workers.started(system, worker, count=procs) as started:
             pass
+        idle_after, total_after = cpu_ticks()
         redis_cpu = redis_cpu_seconds(self.redis) - redis_before
+        idle = 100 * (idle_after - idle_before) / max(1, total_after - total_before)
         start = min(p.report["start"] for p in started)
         end = max(p.report["end"] for p in started)
         worker_cpu = sum(p.report["cpu"] for p in started)
         self.check_drained(system, count)
-        return count / (end - start), worker_cpu / count * 1e6, redis_cpu / count * 1e6
+        return count / (end - start), worker_cpu / count * 1e6, redis_cpu / count * 1e6, idle
 
     def check_drained(self, system: str, count: int) -> None:
         from django_jobs.models import JobRecord
@@ -648,11 +667,17 @@ class Bench:
             else:
                 name = "forking Worker, prefork off"
                 label = f"  {name}"
-            print(f"drain: {title} (and django_jobs' {name}), {count} no-op jobs, {repeat} runs", flush=True)
-            # Per run: (rate, worker CPU per job, Redis CPU per job).
-            runs: dict[str, list[tuple[float, float, float]]] = {s: [] for s in SYSTEMS}
-            extra_runs: list[tuple[float, float, float]] = []
-            for _ in range(repeat):
+            runs_of_plan = repeat if workers == 1 else 2 * repeat
+            plan = f"{title} (and django_jobs' {name}), {count} no-op jobs, {runs_of_plan} runs"
+            print(f"drain: {plan}", flush=True)
+            # Per run: (rate, worker CPU per job, Redis CPU per job, idle CPU %).
+            runs: dict[str, list[tuple[float, float, float, float]]] = {s: [] for s in SYSTEMS}
+            extra_runs: list[tuple[float, float, float, float]] = []
+            # Several processes on as many cores drain either fast or slow from one run to the
+            # next, whichever the system (the cores then idle about 15-30% or 40-55% of the
+            # time: docs/performance.md): twice the runs, so that the medians depend less on
+            # which way a few runs went.
+            for _ in range(runs_of_plan):
                 for system in SYSTEMS:
                     runs[system].append(self.drain_once(system, worker, count, workers))
                 extra_runs.append(self.drain_once("jobs", extra, count, workers))
@@ -669,13 +694,18 @@ class Bench:
             self.say(f"django_jobs {name} {values['jobs']:,.0f}/s")
             self.add_cpu_rows(key, {**runs, "jobs": extra_runs})
 
-    def add_cpu_rows(self, key: str, runs: dict[str, list[tuple[float, float, float]]]) -> None:
+    def add_cpu_rows(self, key: str, runs: dict[str, list[tuple[float, float, float, float]]]) -> None:
         """Lines for information, under the drain's own: CPU time per job of the worker processes
-        and of Redis, the medians of its runs (what bounds N processes on a machine with N cores)."""
-        for index, part, what in ((1, "worker", "worker CPU"), (2, "redis", "Redis CPU")):
+        and of Redis (what bounds N processes on a machine with N cores), and the share of the
+        machine's CPU time left idle (the time every process was waiting), medians of its runs."""
+        for index, part, what, unit in (
+            (1, "worker", "  worker CPU per job (µs)", "us"),
+            (2, "redis", "  Redis CPU per job (µs)", "us"),
+            (3, "idle", "  CPU idle during the drain (%)", "pct"),
+        ):
             per_run = {s: [run[index] for run in r] for s, r in runs.items()}
             values = {s: median(v) for s, v in per_run.items()}
-            self.add(Row(f"cpu.{part}.{key}", f"  {what} per job (µs)", "us", values, runs=per_run))
+            self.add(Row(f"cpu.{part}.{key}", what, unit, values, runs=per_run))
 
     # -- latency
 
@@ -1094,7 +1124,7 @@ def ratio(row: Row, base: str = "plain") -> float | None:
 def apply_targets(rows: list[Row]) -> None:
     for row in rows:
         # A ratio of two growths near zero says nothing.
-        row.ratio = None if row.key.startswith(("rss.growth", "rss.warm-up")) else ratio(row)
+        row.ratio = None if row.key.startswith(("rss.growth", "rss.warm-up", "cpu.idle.")) else ratio(row)
         jobs = row.values.get("jobs")
         if jobs is None:
             continue
@@ -1135,6 +1165,8 @@ def cell(value: float | None, unit: str) -> str:
         return f"{value:,.0f}/s"
     if unit == "ms":
         return f"{value:.2f} ms"
+    if unit == "pct":
+        return f"{value:.0f} %"
     if unit == "us":
         return f"{value:,.0f} µs"
     if unit == "mib":
@@ -1250,6 +1282,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--no-sqlite-wal for Django's default, a rollback journal that syncs every commit",
     )
     parser.add_argument(
+        "--prepared-statements",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="PostgreSQL: OPTIONS['prepare_threshold'] = 5, as docs/performance.md recommends (the "
+        "default): django_jobs' row writes are prepared once per session; --no-prepared-statements "
+        "for Django's default, no prepared statements",
+    )
+    parser.add_argument(
         "--json", metavar="PATH", help="where to write the results (default bench/results/latest.json)"
     )
     parser.add_argument("--profile", action="store_true", help="also profile django_jobs' enqueue and worker")
@@ -1342,7 +1382,8 @@ def run(args: argparse.Namespace, config: dict[str, Any]) -> int:
         f"{env['redis_parser']}), {env['cpus']} CPUs, "
         f"load {env['loadavg_start'][0]:.2f}; JSONSerializer for every system, workers at WARNING, "
         f"CONN_MAX_AGE={args.conn_max_age}{', SQLite WAL' if args.sqlite_wal else ''}"
-        f"{', SYNCHRONOUS_START' if args.synchronous_start else ''}",
+        f"{', SYNCHRONOUS_START' if args.synchronous_start else ''}"
+        f"{', prepare_threshold=5' if args.prepared_statements and config['vendor'] == 'postgresql' else ''}",
         flush=True,
     )
     for section in args.sections:
@@ -1361,7 +1402,7 @@ def run(args: argparse.Namespace, config: dict[str, Any]) -> int:
     took = f"{env['seconds']:.0f} s"
     print(
         f"Results ({config['vendor']}, redis-py's parser: {env['redis_parser']}, {took}, {load}; "
-        f"rates: medians of {args.repeat} runs):"
+        f"rates: medians of {args.repeat} runs, {2 * args.repeat} for the drain by several processes):"
     )
     print_table(bench.rows)
     missed = [row.label.strip() for row in bench.rows if row.met is False]

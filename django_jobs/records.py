@@ -6,9 +6,12 @@ statements in all: the insert at enqueue, the start and the end.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
 import logging
 import select
+import weakref
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -310,10 +313,16 @@ def _execute(sql: str, params: list[Any]) -> int:
     """Run one statement on the jobs database; return the rows it changed.
 
     The worker's two writes per job are plain SQL, built once: building them
-    through the ORM cost more than running them.
+    through the ORM cost more than running them. On PostgreSQL outside a
+    transaction, the statement goes as :class:`_Sent` sends it (its parameters
+    apart, a prepared statement where the database's ``OPTIONS`` allow them),
+    and its answer is read at once.
     """
     from django.db import connections
 
+    connection = _sending_connection(db_alias())
+    if connection is not None:
+        return _Sent(connection, (sql, params))._rows()
     with connections[db_alias()].cursor() as cursor:
         cursor.execute(sql, params)
         return int(cursor.rowcount)
@@ -411,6 +420,28 @@ def mark_started(job: Job, worker_name: str, at: datetime | None = None) -> None
         _start_without_row(job, worker_name, now)
 
 
+#: Per psycopg connection, the names of this module's statements prepared in its session.
+_prepared_on: weakref.WeakKeyDictionary[Any, set[bytes]] = weakref.WeakKeyDictionary()
+
+#: PostgreSQL's SQLSTATE for a prepared statement that does not exist (anymore).
+_NO_SUCH_PREPARED_STATEMENT = b"26000"
+#: And for one of that name that exists already (prepared by an earlier life of this session).
+_PREPARED_ALREADY = b"42P05"
+
+
+def _sqlstate(result: Any) -> bytes | None:
+    """The SQLSTATE of a failed libpq result (None for no result)."""
+    from psycopg.pq import DiagnosticField
+
+    return None if result is None else result.error_field(DiagnosticField.SQLSTATE)
+
+
+@functools.cache
+def _statement_name(numbered: bytes) -> bytes:
+    """The name this module prepares ``numbered`` under: the same in every process and session."""
+    return b"django_jobs_" + hashlib.sha1(numbered, usedforsecurity=False).hexdigest()[:24].encode()
+
+
 class _Sent:
     """One statement sent to PostgreSQL outside a transaction, its answer not read yet.
 
@@ -418,7 +449,14 @@ class _Sent:
     it reads the answer. Sent on the connection Django holds, its parameters apart as text
     where each has a plain text form, else merged into the statement as psycopg's
     ``ClientCursor`` merges them.
+
+    With its parameters apart, and where the database's ``OPTIONS`` set a ``prepare_threshold``
+    (Django leaves psycopg's prepared statements off otherwise, for the sake of connection
+    poolers), the statement is a prepared one: prepared in the session the first time it is
+    sent there, then only executed, so the server parses and plans it once, not at every job.
     """
+
+    prepared: bytes | None = None
 
     def __init__(self, connection: Any, statement: tuple[str, list[Any]]) -> None:
         from psycopg import ClientCursor
@@ -428,13 +466,38 @@ class _Sent:
             raw = connection.connection
             self.pgconn = raw.pgconn
             sql, params = statement
-            values = _text_params(params) if raw.info.encoding == "utf-8" else None
-            if values is None:
+            self.text_params = _text_params(params) if raw.info.encoding == "utf-8" else None
+            if self.text_params is None:
                 self.pgconn.send_query(ClientCursor(raw).mogrify(sql, params).encode(raw.info.encoding))
             else:
-                # The parameters apart from the statement (as text, typed by their columns).
-                self.pgconn.send_query_params(_numbered(sql), values)
+                self.numbered = _numbered(sql)
+                # Django turns psycopg's prepared statements off (prepare_threshold None) unless
+                # the database's OPTIONS set a prepare_threshold: then this one is prepared too.
+                self.prepared = None if raw.prepare_threshold is None else self._prepare(raw)
+                self._send()
             self._flush()
+
+    def _send(self) -> None:
+        """Send the statement with its parameters apart (as text, typed by their columns)."""
+        if self.prepared is not None:
+            self.pgconn.send_query_prepared(self.prepared, self.text_params)
+        else:
+            self.pgconn.send_query_params(self.numbered, self.text_params)
+
+    def _prepare(self, raw: Any) -> bytes | None:
+        """The name of the statement prepared in this session, preparing it if need be; None if
+        it cannot be (the statement is then sent as it is, and fails or not on its own)."""
+        name = _statement_name(self.numbered)
+        names = _prepared_on.setdefault(raw, set())
+        if name in names:
+            return name
+        self.pgconn.send_prepare(name, self.numbered)
+        self._flush()
+        _, failed = self._results()
+        if failed is not None and _sqlstate(failed) != _PREPARED_ALREADY:
+            return None
+        names.add(name)
+        return name
 
     def _wait(self, events: int) -> None:
         poll = select.poll()
@@ -447,6 +510,25 @@ class _Sent:
             self._wait(select.POLLOUT | select.POLLIN)
             self.pgconn.consume_input()
 
+    def _results(self) -> tuple[int | None, Any]:
+        """Every result up to the end of the answer (as psycopg reads them): the rows changed
+        (None if no statement completed), and the first failure."""
+        from psycopg.pq import ExecStatus
+
+        written: int | None = None
+        failed = None
+        while True:
+            while self.pgconn.is_busy():
+                self._wait(select.POLLIN)
+                self.pgconn.consume_input()
+            result = self.pgconn.get_result()
+            if result is None:
+                return written, failed
+            if result.status == ExecStatus.COMMAND_OK:
+                written = int(result.command_tuples or 0)
+            elif failed is None:
+                failed = result
+
     def _rows(self) -> int:
         """Wait for the answer; return the rows the statement changed.
 
@@ -455,22 +537,17 @@ class _Sent:
         """
         import psycopg
         from psycopg.errors import error_from_result
-        from psycopg.pq import ExecStatus
 
         with self.connection.wrap_database_errors:
-            written: int | None = None
-            failed = None
-            while True:  # every result, up to the end of the answer (as psycopg reads them)
-                while self.pgconn.is_busy():
-                    self._wait(select.POLLIN)
-                    self.pgconn.consume_input()
-                result = self.pgconn.get_result()
-                if result is None:
-                    break
-                if result.status == ExecStatus.COMMAND_OK:
-                    written = int(result.command_tuples or 0)
-                elif failed is None:
-                    failed = result
+            written, failed = self._results()
+            gone = _sqlstate(failed) == _NO_SUCH_PREPARED_STATEMENT
+            if written is None and self.prepared is not None and gone:
+                # Deallocated since (DEALLOCATE ALL, DISCARD ALL): nothing ran; prepare it again.
+                _prepared_on.pop(self.connection.connection, None)
+                self.prepared = self._prepare(self.connection.connection)
+                self._send()
+                self._flush()
+                written, failed = self._results()
             if written is None:
                 if failed is None:
                     raise psycopg.InterfaceError(f"no answer to the {self.statement[0].split()[0]}")
@@ -568,6 +645,14 @@ def _sending_connection(alias: str) -> Any:
         return None  # the ordinary write then tries again, and fails or not as it would have
 
 
+def _close_if_lost(connection: Any) -> None:
+    """After a statement could not be sent (the connection was lost while idle, found by the
+    first send of a session, which prepares): close it, so that the ordinary write that
+    follows connects again instead of failing on it too (outside ``atomic()``, as here)."""
+    with contextlib.suppress(DatabaseError, InterfaceError):
+        connection.close_if_unusable_or_obsolete()
+
+
 def send_start(job: Job, worker_name: str, at: datetime) -> SentStart | None:
     """Send the start of ``job`` to PostgreSQL without waiting for the answer; None where that
     cannot be done (then :func:`mark_started` writes it).
@@ -581,6 +666,7 @@ def send_start(job: Job, worker_name: str, at: datetime) -> SentStart | None:
     try:
         return SentStart(connection, job, worker_name, at)
     except (DatabaseError, InterfaceError):
+        _close_if_lost(connection)
         return None  # mark_started() then tries again, and the spool keeps it if it must
 
 
@@ -596,6 +682,7 @@ def send_insert(*, using: str, **fields: Any) -> SentInsert | None:
     try:
         return SentInsert(connection, row_values(**fields))
     except (DatabaseError, InterfaceError):
+        _close_if_lost(connection)
         return None
 
 

@@ -109,6 +109,16 @@ if os.environ.get("DJANGO_JOBS_TEST_DB_TIMEOUT"):
             float(os.environ["DJANGO_JOBS_TEST_DB_TIMEOUT"])
         )
 
+# PostgreSQL with psycopg's prepared statements on, as a deployment turns them on (CI runs the
+# suite on PostgreSQL both ways: Django's default is off).
+_prepare_threshold = os.environ.get("DJANGO_JOBS_TEST_PREPARE_THRESHOLD")
+if _prepare_threshold and DATABASES["default"]["ENGINE"].endswith("postgresql"):
+    for _alias in ("default", "jobs"):
+        DATABASES[_alias]["OPTIONS"] = {
+            **DATABASES[_alias].get("OPTIONS", {}),
+            "prepare_threshold": int(_prepare_threshold),
+        }
+
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 RQ_QUEUES = {
     "default": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 60},

@@ -46,21 +46,33 @@ def new_fields(job_id: str, *args: Any) -> dict[str, Any]:
     }
 
 
-def delay_in_thread() -> tuple[threading.Thread, list[Any]]:
-    """``add.delay(5, 6)`` in a thread of its own (so with its own database connection)."""
+def delay_in_thread() -> tuple[threading.Thread, list[Any], threading.Event]:
+    """``add.delay(5, 6)`` in a thread of its own (so with its own database connection), once the
+    returned event is set.
+
+    The thread first makes a ``.delay()`` of its own and takes that job out of the queue again:
+    with prepared statements on, the first ``INSERT`` of a session prepares the statement, and
+    the preparing waits for a table lock as the ``INSERT`` does. The one under test only runs it.
+    """
     from django.db import connections
 
     returned: list[Any] = []
+    ready, go = threading.Event(), threading.Event()
 
     def call() -> None:
         try:
+            get_queue("default").remove(add.delay(0, 0).id)
+            ready.set()
+            go.wait(60)
             returned.append(add.delay(5, 6))
         finally:
+            ready.set()
             connections.close_all()
 
     thread = threading.Thread(target=call)
     thread.start()
-    return thread, returned
+    ready.wait(60)
+    return thread, returned, go
 
 
 def backend_waiting_on_insert(watcher: Any) -> int | None:
@@ -105,9 +117,10 @@ def test_the_sent_row_holds_what_the_ordinary_insert_writes(settings: Any, use_t
 @postgresql_only
 def test_the_job_is_pushed_while_its_row_commits_and_delay_waits_for_the_commit() -> None:
     with other_session(autocommit=False) as locker, other_session() as watcher:
+        thread, returned, go = delay_in_thread()
         # Inserts wait for this lock: the row's INSERT is held at the server.
         locker.execute(f"LOCK TABLE {connection.ops.quote_name(TABLE)} IN SHARE MODE")
-        thread, returned = delay_in_thread()
+        go.set()
         deadline = time.monotonic() + 60
         while not get_queue("default").get_job_ids() and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -123,8 +136,9 @@ def test_the_job_is_pushed_while_its_row_commits_and_delay_waits_for_the_commit(
 @postgresql_only
 def test_a_connection_lost_after_the_send_keeps_the_job_and_its_row_follows(caplog: Any) -> None:
     with other_session(autocommit=False) as locker, other_session() as watcher:
+        thread, returned, go = delay_in_thread()
         locker.execute(f"LOCK TABLE {connection.ops.quote_name(TABLE)} IN SHARE MODE")
-        thread, returned = delay_in_thread()
+        go.set()
         deadline = time.monotonic() + 60
         while (backend := backend_waiting_on_insert(watcher)) is None and time.monotonic() < deadline:
             time.sleep(0.01)
