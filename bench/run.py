@@ -27,9 +27,9 @@ Measured:
 - enqueue rate in bulk: ``Queue.enqueue_many`` (both RQ flavours) and
   django_jobs ``.map()``, in calls of 1,000 jobs;
 - drain rate of a pre-filled queue in burst mode, from the start signal until
-  the last worker process is done: ``SimpleWorker``, the forking ``Worker``,
-  and several ``SimpleWorker`` processes at once (``--procs``, default the
-  number of cores);
+  the last worker process has found its queue empty (before its teardown):
+  ``SimpleWorker``, the forking ``Worker``, and several ``SimpleWorker``
+  processes at once (``--procs``, default the number of cores);
 - pickup latency with an idle worker: one job at a time, from just before the
   enqueue call until the job's first line runs (it writes ``time.time()`` to
   Redis); the next job is enqueued once the worker is idle again;
@@ -39,11 +39,10 @@ Measured:
 - worker memory (VmRSS of the worker process) after 1k, 5k, 10k and 15k jobs,
   and its growth over the 10,000 jobs that follow a warm-up of 5,000.
 
-Rates are the median of ``--repeat`` runs (twice as many for the drain by
-several processes; the systems take turns within a run). The table shows
-each measurement, the ratio django_jobs / plain RQ and the target with
-whether it is met; ``--json`` (default bench/results/latest.json) gets every
-run's figures and the environment.
+Rates are the median of ``--repeat`` runs (the systems take turns within a
+run). The table shows each measurement, the ratio django_jobs / plain RQ and
+the target with whether it is met; ``--json`` (default
+bench/results/latest.json) gets every run's figures and the environment.
 ``--profile`` also writes cProfile reports of django_jobs' ``.delay()`` and
 of its SimpleWorker draining to bench/results/.
 """
@@ -200,13 +199,6 @@ def redis_cpu_seconds(redis: Any) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
-def cpu_ticks() -> tuple[int, int]:
-    """The machine's CPU time so far, all cores (``/proc/stat``): (idle and waiting on I/O, all)."""
-    with open("/proc/stat") as handle:
-        ticks = [int(value) for value in handle.readline().split()[1:]]
-    return ticks[3] + ticks[4], sum(ticks)
-
-
 def sqlite_memory_bytes() -> int | None:
     """What SQLite's own allocator holds in this process (``sqlite3_status64`` with
     ``SQLITE_STATUS_MEMORY_USED``): mostly its connections' page caches, each bounded by the
@@ -304,10 +296,23 @@ def worker_main(spec: dict[str, Any]) -> int:
     print("ready", flush=True)
     if go.blpop([GO_KEY + spec["run"]], timeout=600) is None:
         return 3
+    # The clock stops when the worker starts its teardown, having found its queue empty: RQ's
+    # teardown joins the worker's pub/sub thread with a timeout of 1 s, and now and then waits
+    # all of it (the thread waits up to 60 s for a subscription once the worker unsubscribed),
+    # for every system alike; a drain of a second or two would count that second as work.
+    stopped: list[float] = []
+    teardown = worker.teardown
+
+    def timed_teardown() -> None:
+        stopped.append(time.time())
+        teardown()
+
+    worker.teardown = timed_teardown
     start, cpu_start = time.time(), cpu_seconds()
     worker.work(burst=spec["burst"], logging_level="WARNING")
     end, cpu = time.time(), cpu_seconds() - cpu_start
-    print(json.dumps({"start": start, "end": end, "cpu": cpu, "rss": rss, "sqlite": sqlite}), flush=True)
+    report = {"start": start, "end": stopped[0] if stopped else end, "exited": end, "cpu": cpu}
+    print(json.dumps({**report, "rss": rss, "sqlite": sqlite}), flush=True)
     return 0
 
 
@@ -374,7 +379,7 @@ class Workers:
 class Row:
     key: str
     label: str
-    unit: str  # "rate", "ms", "us", "pct", "count", "mib"
+    unit: str  # "rate", "ms", "us", "count", "mib"
     values: dict[str, float | None]
     runs: dict[str, list[float]] = field(default_factory=dict)
     note: str = ""
@@ -613,26 +618,20 @@ class Bench:
 
     # -- drain
 
-    def drain_once(
-        self, system: str, worker: str, count: int, procs: int
-    ) -> tuple[float, float, float, float]:
-        """Drain ``count`` no-op jobs: the rate (jobs/s), the CPU time per job (µs) of the
-        worker processes (with their work-horses) and of the Redis server, and the share of the
-        machine's CPU time that went idle meanwhile (%)."""
+    def drain_once(self, system: str, worker: str, count: int, procs: int) -> tuple[float, float, float]:
+        """Drain ``count`` no-op jobs: the rate (jobs/s), and the CPU time per job (µs) of the
+        worker processes (with their work-horses) and of the Redis server."""
         self.flush()
         self.enqueue_bulk(system, "noop", count)
         redis_before = redis_cpu_seconds(self.redis)
-        idle_before, total_before = cpu_ticks()
         with self.workers.started(system, worker, count=procs) as started:
             pass
-        idle_after, total_after = cpu_ticks()
         redis_cpu = redis_cpu_seconds(self.redis) - redis_before
-        idle = 100 * (idle_after - idle_before) / max(1, total_after - total_before)
         start = min(p.report["start"] for p in started)
         end = max(p.report["end"] for p in started)
         worker_cpu = sum(p.report["cpu"] for p in started)
         self.check_drained(system, count)
-        return count / (end - start), worker_cpu / count * 1e6, redis_cpu / count * 1e6, idle
+        return count / (end - start), worker_cpu / count * 1e6, redis_cpu / count * 1e6
 
     def check_drained(self, system: str, count: int) -> None:
         from django_jobs.models import JobRecord
@@ -667,17 +666,11 @@ class Bench:
             else:
                 name = "forking Worker, prefork off"
                 label = f"  {name}"
-            runs_of_plan = repeat if workers == 1 else 2 * repeat
-            plan = f"{title} (and django_jobs' {name}), {count} no-op jobs, {runs_of_plan} runs"
-            print(f"drain: {plan}", flush=True)
-            # Per run: (rate, worker CPU per job, Redis CPU per job, idle CPU %).
-            runs: dict[str, list[tuple[float, float, float, float]]] = {s: [] for s in SYSTEMS}
-            extra_runs: list[tuple[float, float, float, float]] = []
-            # Several processes on as many cores drain either fast or slow from one run to the
-            # next, whichever the system (the cores then idle about 15-30% or 40-55% of the
-            # time: docs/performance.md): twice the runs, so that the medians depend less on
-            # which way a few runs went.
-            for _ in range(runs_of_plan):
+            print(f"drain: {title} (and django_jobs' {name}), {count} no-op jobs, {repeat} runs", flush=True)
+            # Per run: (rate, worker CPU per job, Redis CPU per job).
+            runs: dict[str, list[tuple[float, float, float]]] = {s: [] for s in SYSTEMS}
+            extra_runs: list[tuple[float, float, float]] = []
+            for _ in range(repeat):
                 for system in SYSTEMS:
                     runs[system].append(self.drain_once(system, worker, count, workers))
                 extra_runs.append(self.drain_once("jobs", extra, count, workers))
@@ -694,18 +687,13 @@ class Bench:
             self.say(f"django_jobs {name} {values['jobs']:,.0f}/s")
             self.add_cpu_rows(key, {**runs, "jobs": extra_runs})
 
-    def add_cpu_rows(self, key: str, runs: dict[str, list[tuple[float, float, float, float]]]) -> None:
+    def add_cpu_rows(self, key: str, runs: dict[str, list[tuple[float, float, float]]]) -> None:
         """Lines for information, under the drain's own: CPU time per job of the worker processes
-        and of Redis (what bounds N processes on a machine with N cores), and the share of the
-        machine's CPU time left idle (the time every process was waiting), medians of its runs."""
-        for index, part, what, unit in (
-            (1, "worker", "  worker CPU per job (µs)", "us"),
-            (2, "redis", "  Redis CPU per job (µs)", "us"),
-            (3, "idle", "  CPU idle during the drain (%)", "pct"),
-        ):
+        and of Redis, the medians of its runs (what bounds N processes on a machine with N cores)."""
+        for index, part, what in ((1, "worker", "worker CPU"), (2, "redis", "Redis CPU")):
             per_run = {s: [run[index] for run in r] for s, r in runs.items()}
             values = {s: median(v) for s, v in per_run.items()}
-            self.add(Row(f"cpu.{part}.{key}", what, unit, values, runs=per_run))
+            self.add(Row(f"cpu.{part}.{key}", f"  {what} per job (µs)", "us", values, runs=per_run))
 
     # -- latency
 
@@ -1124,7 +1112,7 @@ def ratio(row: Row, base: str = "plain") -> float | None:
 def apply_targets(rows: list[Row]) -> None:
     for row in rows:
         # A ratio of two growths near zero says nothing.
-        row.ratio = None if row.key.startswith(("rss.growth", "rss.warm-up", "cpu.idle.")) else ratio(row)
+        row.ratio = None if row.key.startswith(("rss.growth", "rss.warm-up")) else ratio(row)
         jobs = row.values.get("jobs")
         if jobs is None:
             continue
@@ -1165,8 +1153,6 @@ def cell(value: float | None, unit: str) -> str:
         return f"{value:,.0f}/s"
     if unit == "ms":
         return f"{value:.2f} ms"
-    if unit == "pct":
-        return f"{value:.0f} %"
     if unit == "us":
         return f"{value:,.0f} µs"
     if unit == "mib":
@@ -1402,7 +1388,7 @@ def run(args: argparse.Namespace, config: dict[str, Any]) -> int:
     took = f"{env['seconds']:.0f} s"
     print(
         f"Results ({config['vendor']}, redis-py's parser: {env['redis_parser']}, {took}, {load}; "
-        f"rates: medians of {args.repeat} runs, {2 * args.repeat} for the drain by several processes):"
+        f"rates: medians of {args.repeat} runs):"
     )
     print_table(bench.rows)
     missed = [row.label.strip() for row in bench.rows if row.met is False]
