@@ -1367,7 +1367,8 @@ def run(args: argparse.Namespace, config: dict[str, Any]) -> int:
         f"django_jobs bench: {env['database']}, Redis {env['redis_server']} (redis-py's parser: "
         f"{env['redis_parser']}), {env['cpus']} CPUs, "
         f"load {env['loadavg_start'][0]:.2f}; JSONSerializer for every system, workers at WARNING, "
-        f"CONN_MAX_AGE={args.conn_max_age}{', SQLite WAL' if args.sqlite_wal else ''}"
+        f"CONN_MAX_AGE={args.conn_max_age}"
+        f"{', SQLite WAL' if args.sqlite_wal and config['vendor'] == 'sqlite' else ''}"
         f"{', SYNCHRONOUS_START' if args.synchronous_start else ''}"
         f"{', prepare_threshold=5' if args.prepared_statements and config['vendor'] == 'postgresql' else ''}",
         flush=True,
