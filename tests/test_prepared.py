@@ -4,6 +4,7 @@ Without one (Django's default), nothing is prepared."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -67,6 +68,13 @@ def prepare_threshold() -> Iterator[None]:
     """psycopg's prepared statements turned on, as a deployment does in the database's OPTIONS."""
     with database_options(prepare_threshold=5):
         yield
+
+
+def test_the_suite_runs_with_the_prepare_threshold_it_was_given() -> None:
+    # CI runs the suite on PostgreSQL without, then with, DJANGO_JOBS_TEST_PREPARE_THRESHOLD.
+    given = os.environ.get("DJANGO_JOBS_TEST_PREPARE_THRESHOLD")
+    connection.ensure_connection()
+    assert connection.connection.prepare_threshold == (int(given) if given else None)
 
 
 def test_without_a_prepare_threshold_as_django_by_default_nothing_is_prepared() -> None:
