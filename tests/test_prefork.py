@@ -45,7 +45,10 @@ def test_each_job_runs_in_the_spare_forked_before_it(manage: Any) -> None:
     try:
         first_spare = spare_of(worker)
         first = pid.delay()
-        assert first.wait(timeout=60) == first_spare  # the process was there before the job
+        ran_in = first.wait(timeout=60)
+        if ran_in != first_spare:  # the process was there before the job; if not, say why
+            code, output = stop_worker(worker)
+            pytest.fail(f"job ran in {ran_in}, the spare was {first_spare}; the worker said:\n{output}")
         wait_for(lambda: gone(first_spare))  # used once, then it exited
         second_spare = spare_of(worker)
         assert second_spare != first_spare
