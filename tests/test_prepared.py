@@ -53,9 +53,10 @@ def row(job_id: str) -> tuple[str, int, str]:
 @contextmanager
 def database_options(**options: object) -> Iterator[None]:
     """This test's connection reopened with ``options`` added to the database's OPTIONS."""
-    saved = dict(connection.settings_dict["OPTIONS"])
+    saved = connection.settings_dict["OPTIONS"]
     connection.close()
-    connection.settings_dict["OPTIONS"].update(options)
+    # A new dict: the settings' other aliases may share this one ("jobs" is a copy of "default").
+    connection.settings_dict["OPTIONS"] = {**saved, **options}
     try:
         yield
     finally:
