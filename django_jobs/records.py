@@ -473,7 +473,7 @@ class _Sent:
                 self.numbered = _numbered(sql)
                 # Django turns psycopg's prepared statements off (prepare_threshold None) unless
                 # the database's OPTIONS set a prepare_threshold: then this one is prepared too.
-                self.prepared = None if raw.prepare_threshold is None else self._prepare(raw)
+                self.prepared = None if raw.prepare_threshold is None else self._prepare(raw, self.numbered)
                 self._send()
             self._flush()
 
@@ -484,14 +484,14 @@ class _Sent:
         else:
             self.pgconn.send_query_params(self.numbered, self.text_params)
 
-    def _prepare(self, raw: Any) -> bytes | None:
-        """The name of the statement prepared in this session, preparing it if need be; None if
+    def _prepare(self, raw: Any, numbered: bytes) -> bytes | None:
+        """The name of ``numbered`` prepared in this session, preparing it if need be; None if
         it cannot be (the statement is then sent as it is, and fails or not on its own)."""
-        name = _statement_name(self.numbered)
+        name = _statement_name(numbered)
         names = _prepared_on.setdefault(raw, set())
         if name in names:
             return name
-        self.pgconn.send_prepare(name, self.numbered)
+        self.pgconn.send_prepare(name, numbered)
         self._flush()
         _, failed = self._results()
         if failed is not None and _sqlstate(failed) != _PREPARED_ALREADY:
@@ -544,7 +544,7 @@ class _Sent:
             if written is None and self.prepared is not None and gone:
                 # Deallocated since (DEALLOCATE ALL, DISCARD ALL): nothing ran; prepare it again.
                 _prepared_on.pop(self.connection.connection, None)
-                self.prepared = self._prepare(self.connection.connection)
+                self.prepared = self._prepare(self.connection.connection, self.numbered)
                 self._send()
                 self._flush()
                 written, failed = self._results()
@@ -553,6 +553,111 @@ class _Sent:
                     raise psycopg.InterfaceError(f"no answer to the {self.statement[0].split()[0]}")
                 raise error_from_result(failed, encoding=self.connection.connection.info.encoding)
         return written
+
+
+class _Together(_Sent):
+    """Statements run as one transaction in one round trip, outside a transaction.
+
+    They go in a libpq pipeline that ends in one Sync. PostgreSQL runs what comes before a Sync
+    as one implicit transaction and commits it at the Sync: the statements commit together (one
+    WAL flush), or none does. Each is a prepared statement where the database's ``OPTIONS``
+    allow them (as :class:`_Sent`'s), so the server does not parse and plan them at every job,
+    which it must for several statements in one plain query. Made by :func:`_run_together`.
+    """
+
+    def __init__(self, connection: Any, statements: list[tuple[bytes, list[bytes | None]]]) -> None:
+        self.connection, self.parts = connection, statements
+        self.statement = (statements[0][0].decode(), [])  # named in errors
+        raw = connection.connection
+        self.pgconn = raw.pgconn
+        self.names: list[bytes | None] = [None] * len(statements)
+        if raw.prepare_threshold is not None:
+            self.names = [self._prepare(raw, numbered) for numbered, _params in statements]
+
+    def _send(self) -> None:
+        self.pgconn.enter_pipeline_mode()
+        for (numbered, params), name in zip(self.parts, self.names, strict=True):
+            if name is not None:
+                self.pgconn.send_query_prepared(name, params)
+            else:
+                self.pgconn.send_query_params(numbered, params)
+        self.pgconn.pipeline_sync()
+        self._flush()
+
+    def _next(self) -> Any:
+        while self.pgconn.is_busy():
+            self._wait(select.POLLIN)
+            self.pgconn.consume_input()
+        return self.pgconn.get_result()
+
+    def _answers(self) -> tuple[list[int | None], Any]:
+        """Each statement's rows changed (None if it did not complete), and the first failure;
+        the pipeline is left and the connection is as psycopg expects it afterwards."""
+        from psycopg.pq import ExecStatus
+
+        counts: list[int | None] = []
+        failed = None
+        for _part in self.parts:
+            written: int | None = None
+            while (result := self._next()) is not None:
+                if result.status == ExecStatus.COMMAND_OK:
+                    written = int(result.command_tuples or 0)
+                elif result.status != ExecStatus.PIPELINE_ABORTED and failed is None:
+                    failed = result  # the ones after it were not run (PIPELINE_ABORTED)
+            counts.append(written)
+        sync = self._next()
+        if sync is None or sync.status != ExecStatus.PIPELINE_SYNC:
+            raise OSError("the pipeline's end was not answered")  # the caller closes the connection
+        self.pgconn.exit_pipeline_mode()
+        return counts, failed
+
+    def run(self) -> list[int]:
+        """Send the statements, wait for the answer; return the rows each changed.
+
+        Raises Django's ``DatabaseError`` if one failed: then none was written.
+        """
+        from psycopg.errors import error_from_result
+
+        with self.connection.wrap_database_errors:
+            try:
+                self._send()
+                counts, failed = self._answers()
+                if any(name is not None for name in self.names) and (
+                    _sqlstate(failed) == _NO_SUCH_PREPARED_STATEMENT
+                ):
+                    # Deallocated since (DEALLOCATE ALL, DISCARD ALL): nothing ran; prepare again.
+                    raw = self.connection.connection
+                    _prepared_on.pop(raw, None)
+                    self.names = [self._prepare(raw, numbered) for numbered, _params in self.parts]
+                    self._send()
+                    counts, failed = self._answers()
+            except BaseException:
+                # Left in the middle of a pipeline, the connection is of no further use.
+                with contextlib.suppress(Exception):
+                    self.connection.close()
+                raise
+            if failed is not None:
+                raise error_from_result(failed, encoding=self.connection.connection.info.encoding)
+        return [written or 0 for written in counts]
+
+
+def _run_together(connection: Any, statements: list[tuple[str, list[Any]]]) -> list[int] | None:
+    """Run ``statements`` on ``connection`` (from :func:`_sending_connection`) as one transaction in
+    one round trip (see :class:`_Together`); return the rows each changed, or None where a
+    parameter has no plain text form (the caller then runs them another way).
+
+    Raises Django's ``DatabaseError`` if one failed: then none was written.
+    """
+    raw = connection.connection
+    parts = []
+    for sql, params in statements:
+        text = _text_params(params) if raw.info.encoding == "utf-8" else None
+        if text is None:
+            return None
+        parts.append((_numbered(sql), text))
+    with connection.wrap_database_errors:
+        together = _Together(connection, parts)
+    return together.run()
 
 
 @functools.cache
@@ -736,13 +841,23 @@ def mark_finished_then_started(
 ) -> None:
     """One job's end (``finished``: its id, result and end time) and the next job's start, together.
 
-    On PostgreSQL (with Django's default client-side parameter binding) the
-    two ``UPDATE`` statements travel in one request and commit together:
-    one round trip where two autocommit statements take two, and a
-    transaction block three. Elsewhere they share a transaction.
+    On PostgreSQL the two ``UPDATE`` statements travel in one request and commit together: one
+    round trip where two autocommit statements take two, and a transaction block three. Outside
+    a transaction they go in one libpq pipeline (see :class:`_Together`), as prepared
+    statements where the database's ``OPTIONS`` allow them; inside one, or where Django would do
+    more than run them (a query log, an execute wrapper), as one two-statement query through
+    Django's cursor (with Django's default client-side parameter binding). Elsewhere they share a
+    transaction.
     """
     from django.db import connections, transaction
 
+    finish, start = _finish_statement(*finished), start_statement(job.id, worker_name, at)
+    sending = _sending_connection(db_alias())
+    counts = None if sending is None else _run_together(sending, [finish, start])
+    if counts is not None:
+        if not counts[1]:
+            mark_started(job, worker_name, at)  # no row (enqueued with plain RQ), or a late start
+        return
     connection = connections[db_alias()]
     in_one_request = (
         connection.vendor == "postgresql"
@@ -754,8 +869,7 @@ def mark_finished_then_started(
             mark_finished(*finished)
             mark_started(job, worker_name, at)
         return
-    finish_sql, finish_params = _finish_statement(*finished)
-    start_sql, start_params = start_statement(job.id, worker_name, at)
+    (finish_sql, finish_params), (start_sql, start_params) = finish, start
     with connection.cursor() as cursor:
         cursor.execute(f"{finish_sql}; {start_sql}", [*finish_params, *start_params])
         cursor.nextset()
