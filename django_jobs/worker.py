@@ -292,6 +292,20 @@ class RecordingWorkerMixin:
             if result is not None:
                 return result
 
+    def unsubscribe(self) -> None:
+        """Leave the worker's command channel without waiting on its listening thread.
+
+        RQ unsubscribes, then stops the thread and joins it for up to a second. A thread that
+        reads the unsubscribe's confirmation before it is told to stop waits for a new
+        subscription (a minute, redis-py's ``get_message()``), so RQ's join then takes the whole
+        second, and so does every ``--burst`` exit and warm shutdown that meets it. Told to stop
+        first, the thread leaves as soon as that confirmation arrives.
+        """
+        thread = getattr(self, "pubsub_thread", None)
+        if thread is not None:
+            thread.stop()
+        super().unsubscribe()  # type: ignore[misc]
+
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         # RQ lets a worker's key live 60 s past each beat (480 s when idle); a dead worker is
         # noticed only when its key expires, so keep it to three beats.
