@@ -568,11 +568,13 @@ class _Together(_Sent):
     def __init__(self, connection: Any, statements: list[tuple[bytes, list[bytes | None]]]) -> None:
         self.connection, self.parts = connection, statements
         self.statement = (statements[0][0].decode(), [])  # named in errors
-        raw = connection.connection
-        self.pgconn = raw.pgconn
+        self.pgconn = connection.connection.pgconn
         self.names: list[bytes | None] = [None] * len(statements)
+
+    def _prepare_all(self) -> None:
+        raw = self.connection.connection
         if raw.prepare_threshold is not None:
-            self.names = [self._prepare(raw, numbered) for numbered, _params in statements]
+            self.names = [self._prepare(raw, numbered) for numbered, _params in self.parts]
 
     def _send(self) -> None:
         self.pgconn.enter_pipeline_mode()
@@ -593,7 +595,8 @@ class _Together(_Sent):
     def _answers(self) -> tuple[list[int | None], Any]:
         """Each statement's rows changed (None if it did not complete), and the first failure;
         the pipeline is left and the connection is as psycopg expects it afterwards."""
-        from psycopg.pq import ExecStatus
+        import psycopg
+        from psycopg.pq import ConnStatus, ExecStatus
 
         counts: list[int | None] = []
         failed = None
@@ -605,9 +608,18 @@ class _Together(_Sent):
                 elif result.status != ExecStatus.PIPELINE_ABORTED and failed is None:
                     failed = result  # the ones after it were not run (PIPELINE_ABORTED)
             counts.append(written)
-        sync = self._next()
-        if sync is None or sync.status != ExecStatus.PIPELINE_SYNC:
-            raise OSError("the pipeline's end was not answered")  # the caller closes the connection
+        # Then the Sync's answer; before it, the failure of the commit itself, if it failed.
+        nothing = 0
+        while (result := self._next()) is None or result.status != ExecStatus.PIPELINE_SYNC:
+            if result is None:
+                nothing += 1
+                if self.pgconn.status == ConnStatus.BAD or nothing > 2:
+                    raise psycopg.OperationalError("the connection was lost before the commit's answer")
+                continue
+            nothing = 0
+            if result.status == ExecStatus.FATAL_ERROR:
+                failed = failed or result
+                counts = [None] * len(counts)  # nothing was committed
         self.pgconn.exit_pipeline_mode()
         return counts, failed
 
@@ -620,6 +632,7 @@ class _Together(_Sent):
 
         with self.connection.wrap_database_errors:
             try:
+                self._prepare_all()
                 self._send()
                 counts, failed = self._answers()
                 if any(name is not None for name in self.names) and (
@@ -643,21 +656,30 @@ class _Together(_Sent):
 
 def _run_together(connection: Any, statements: list[tuple[str, list[Any]]]) -> list[int] | None:
     """Run ``statements`` on ``connection`` (from :func:`_sending_connection`) as one transaction in
-    one round trip (see :class:`_Together`); return the rows each changed, or None where a
-    parameter has no plain text form (the caller then runs them another way).
+    one round trip (see :class:`_Together`); return the rows each changed, or None where that
+    cannot be done: a parameter without a plain text form, or a libpq without pipeline mode
+    (before 14). The caller then runs them another way.
 
     Raises Django's ``DatabaseError`` if one failed: then none was written.
     """
     raw = connection.connection
+    if not _pipelines():
+        return None
     parts = []
     for sql, params in statements:
         text = _text_params(params) if raw.info.encoding == "utf-8" else None
         if text is None:
             return None
         parts.append((_numbered(sql), text))
-    with connection.wrap_database_errors:
-        together = _Together(connection, parts)
-    return together.run()
+    return _Together(connection, parts).run()
+
+
+@functools.cache
+def _pipelines() -> bool:
+    """Whether psycopg's libpq has pipeline mode (libpq 14 and later)."""
+    from psycopg import Pipeline
+
+    return bool(Pipeline.is_supported())
 
 
 @functools.cache

@@ -60,6 +60,9 @@ JOB_MONITORING_INTERVAL = 10
 #: Least seconds between two heartbeats (or looks at RQ's suspension flag) of a busy worker.
 HEARTBEAT_MIN_GAP = 1.0
 
+#: Seconds the thread that listens to a worker's command channel waits at a time (RQ: 60).
+PUBSUB_WAIT = 0.2
+
 #: Least seconds between two looks at the spool of unwritten outcomes.
 SPOOL_CHECK_INTERVAL = 5.0
 
@@ -292,19 +295,28 @@ class RecordingWorkerMixin:
             if result is not None:
                 return result
 
-    def unsubscribe(self) -> None:
-        """Leave the worker's command channel without waiting on its listening thread.
+    def subscribe(self) -> None:
+        """RQ's subscription to the worker's command channel, its listening thread waiting
+        :data:`PUBSUB_WAIT` seconds at a time instead of RQ's 60.
 
-        RQ unsubscribes, then stops the thread and joins it for up to a second. A thread that
-        reads the unsubscribe's confirmation before it is told to stop waits for a new
-        subscription (a minute, redis-py's ``get_message()``), so RQ's join then takes the whole
-        second, and so does every ``--burst`` exit and warm shutdown that meets it. Told to stop
-        first, the thread leaves as soon as that confirmation arrives.
+        On leaving, RQ unsubscribes, then stops that thread and waits up to a second for it. A
+        thread that reads the unsubscribe's confirmation before it is told to stop then waits
+        for a new subscription, as long as one wait, so RQ's join used to take the whole second,
+        and so did every ``--burst`` exit and warm shutdown that met it. Messages (a stop
+        request) still reach the thread as soon as they arrive.
         """
-        thread = getattr(self, "pubsub_thread", None)
-        if thread is not None:
-            thread.stop()
-        super().unsubscribe()  # type: ignore[misc]
+        self.log.info(  # type: ignore[attr-defined]
+            "Worker %s: subscribing to channel %s",
+            self.name,
+            self.pubsub_channel_name,  # type: ignore[attr-defined]
+        )
+        self.pubsub = self.connection.pubsub()  # type: ignore[attr-defined]
+        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})  # type: ignore[attr-defined]
+        self.pubsub_thread = self.pubsub.run_in_thread(
+            sleep_time=PUBSUB_WAIT,
+            daemon=True,
+            exception_handler=self._pubsub_exception_handler,  # type: ignore[attr-defined]
+        )
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         # RQ lets a worker's key live 60 s past each beat (480 s when idle); a dead worker is

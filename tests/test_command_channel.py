@@ -1,5 +1,6 @@
 """Leaving the worker's command channel (at a ``--burst`` exit or a warm shutdown) ends its
-listening thread at once, whichever reads the unsubscribe's confirmation first."""
+listening thread within RQ's join, even when the thread reads the unsubscribe's confirmation
+before it is told to stop (then RQ's own thread waits a minute for a new subscription)."""
 
 from __future__ import annotations
 

@@ -5,6 +5,7 @@ database's OPTIONS allow them."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -51,13 +52,24 @@ def threshold(request: pytest.FixtureRequest) -> Iterator[int | None]:
         yield request.param
 
 
-def test_the_end_and_the_next_start_commit_in_one_transaction(threshold: int | None) -> None:
+def test_the_end_and_the_next_start_commit_in_one_transaction(
+    threshold: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     first, second = add.delay(1, 2), add.delay(3, 4)
     assert records.mark_started_by_id(first.id, "w-pair")
     before = transaction_of(first.id)
+    answers: list[list[int] | None] = []
+    run_together = records._run_together
+
+    def seen(*args: Any) -> list[int] | None:
+        answers.append(run_together(*args))
+        return answers[-1]
+
+    monkeypatch.setattr(records, "_run_together", seen)
 
     end_then_start(first.id, second.id)
 
+    assert answers == [[1, 1]]  # sent as a pipeline (not as the two-statement query)
     assert connection.connection.pgconn.pipeline_status == psycopg.pq.PipelineStatus.OFF
     assert transaction_of(first.id) == transaction_of(second.id) != before
     assert row(first.id) == ("finished", 1, "w-pair")
@@ -136,3 +148,35 @@ def test_inside_a_transaction_the_pair_goes_through_django(threshold: int | None
     assert not {finish_text(), pair_start_text()} & set(prepared())
     assert transaction_of(first.id) == transaction_of(second.id)
     assert row(second.id) == ("started", 1, "w-pair")
+
+
+def test_a_pair_whose_commit_fails_writes_neither_and_the_connection_works_on(
+    threshold: int | None,
+) -> None:
+    # A deferred constraint trigger fails at the commit, at the pipeline's Sync, after both
+    # statements ran: the failure of the commit itself.
+    table = JobRecord._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE FUNCTION django_jobs_test_refuse() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN RAISE EXCEPTION 'refused at commit'; END $$"
+        )
+        cursor.execute(
+            f"CREATE CONSTRAINT TRIGGER django_jobs_test_refuse AFTER UPDATE ON {table}"
+            " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.worker_name = 'w-refused')"
+            " EXECUTE FUNCTION django_jobs_test_refuse()"
+        )
+    try:
+        first, second = add.delay(1, 2), add.delay(3, 4)
+        records.mark_started_by_id(first.id, "w-pair")
+        with pytest.raises(DatabaseError, match="refused at commit"):
+            end_then_start(first.id, second.id, worker="w-refused")
+        assert row(first.id) == ("started", 1, "w-pair")
+        assert row(second.id) == ("queued", 0, "")
+        end_then_start(first.id, second.id)
+        assert row(first.id) == ("finished", 1, "w-pair")
+        assert row(second.id) == ("started", 1, "w-pair")
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"DROP TRIGGER IF EXISTS django_jobs_test_refuse ON {table}")
+            cursor.execute("DROP FUNCTION IF EXISTS django_jobs_test_refuse()")
