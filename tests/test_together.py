@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import psycopg
 import pytest
 from django.db import DatabaseError, connection
 from django.utils import timezone
@@ -69,8 +68,10 @@ def test_the_end_and_the_next_start_commit_in_one_transaction(
 
     end_then_start(first.id, second.id)
 
+    from psycopg.pq import PipelineStatus  # PostgreSQL's driver: not installed for SQLite
+
     assert answers == [[1, 1]]  # sent as a pipeline (not as the two-statement query)
-    assert connection.connection.pgconn.pipeline_status == psycopg.pq.PipelineStatus.OFF
+    assert connection.connection.pgconn.pipeline_status == PipelineStatus.OFF
     assert transaction_of(first.id) == transaction_of(second.id) != before
     assert row(first.id) == ("finished", 1, "w-pair")
     assert JobRecord.objects.get(pk=first.id).result == 3
@@ -114,6 +115,8 @@ def test_when_the_start_fails_the_end_is_not_written_either_and_the_connection_w
     with connection.cursor() as cursor:
         cursor.execute("SET lock_timeout = '50ms'")
     # Another session holds the next job's row: the start cannot take it.
+    import psycopg
+
     params = connection.get_connection_params()
     libpq = {key: params[key] for key in ("dbname", "user", "password", "host", "port") if params.get(key)}
     with psycopg.connect(**libpq) as other:
