@@ -36,6 +36,7 @@ from rq import SimpleWorker as RQSimpleWorker
 from rq import Worker as RQWorker
 from rq.job import Job
 from rq.job import JobStatus as RQJobStatus
+from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 from rq.timeouts import JobTimeoutException
 from rq.utils import now as rq_now
@@ -67,8 +68,37 @@ PUBSUB_WAIT = 0.2
 SPOOL_CHECK_INTERVAL = 5.0
 
 
+#: The registries :class:`JobsJob` hands out, by registry class, queue, serializer and job class.
+_registries: dict[tuple[type[Any], str, int, type[Any]], Any] = {}
+
+
+def _kept_registry(registry_class: type[Any]) -> Any:
+    """A property that gives a job its queue's ``registry_class``, built once and kept.
+
+    RQ's ``Job`` builds a new registry object at every access (several per job in a worker),
+    and each build checks the serializer against a ``typing.Protocol``, which is slow before
+    Python 3.12. A registry holds only its queue's name and key, its Redis client, serializer
+    and job class: one is kept per queue and reused while the job's client is the same.
+    """
+
+    def registry(job: Job) -> Any:
+        key = (registry_class, job.origin, id(job.serializer), type(job))
+        kept = _registries.get(key)
+        if kept is None or kept.connection is not job.connection or kept.serializer is not job.serializer:
+            kept = _registries[key] = registry_class(
+                job.origin, connection=job.connection, job_class=type(job), serializer=job.serializer
+            )
+        return kept
+
+    return property(registry, doc=f"The job's queue's {registry_class.__name__} (kept, see _kept_registry).")
+
+
 class JobsJob(Job):
     """An RQ job that explains an unimportable function and insists on a JSON result."""
+
+    started_job_registry = _kept_registry(StartedJobRegistry)
+    finished_job_registry = _kept_registry(FinishedJobRegistry)
+    failed_job_registry = _kept_registry(FailedJobRegistry)
 
     @property
     def func(self) -> Any:
