@@ -84,6 +84,9 @@ def test_a_spare_that_died_is_replaced_and_the_job_runs() -> None:
     try:
         spare = spare_of(worker)
         os.kill(spare, signal.SIGKILL)
+        # Dead before the job comes, so that the hand-over finds it gone (one still dying can
+        # take the order into its pipe first: another case than this one).
+        wait_for(lambda: gone(spare))
         handle = pid.delay()
         job_pid = handle.wait(timeout=60)
         assert job_pid not in (spare, worker.pid)
