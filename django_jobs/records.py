@@ -639,9 +639,8 @@ class _Together(_Sent):
                     _sqlstate(failed) == _NO_SUCH_PREPARED_STATEMENT
                 ):
                     # Deallocated since (DEALLOCATE ALL, DISCARD ALL): nothing ran; prepare again.
-                    raw = self.connection.connection
-                    _prepared_on.pop(raw, None)
-                    self.names = [self._prepare(raw, numbered) for numbered, _params in self.parts]
+                    _prepared_on.pop(self.connection.connection, None)
+                    self._prepare_all()
                     self._send()
                     counts, failed = self._answers()
             except BaseException:
