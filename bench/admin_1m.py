@@ -20,7 +20,7 @@ flag any unbounded ``COUNT`` or ``DISTINCT``. It ends with ``EXPLAIN
 pages again on it without filling (after a code or index change).
 
 Redis: ``REDIS_URL`` if set, else a throwaway ``redis-server``
-(``django_jobs.testing.RedisServer``); only the dashboard reads it.
+(``django_jobs.redis_server.RedisServer``); only the dashboard reads it.
 
 Without a PostgreSQL URL the script refuses to run, unless ``--allow-sqlite``
 (a smoke run on a temporary SQLite file, rows made in Python: keep ``--rows``
@@ -836,7 +836,7 @@ def main(argv: list[str] | None = None) -> int:
     redis_server = None
     redis_url = os.environ.get("REDIS_URL", "")
     if not redis_url:
-        from django_jobs.testing import RedisServer
+        from django_jobs.redis_server import RedisServer
 
         redis_server = RedisServer().start()
         redis_url = redis_server.url

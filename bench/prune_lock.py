@@ -361,7 +361,7 @@ def main() -> None:
         run_writer(args.writer)
         return
 
-    from django_jobs.testing import RedisServer
+    from django_jobs.redis_server import RedisServer
 
     server = None
     redis_url = os.environ.get("REDIS_URL", "")

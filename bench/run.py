@@ -6,7 +6,7 @@
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/test python bench/run.py
 
 Redis: ``REDIS_URL`` if set, else a throwaway ``redis-server`` started here
-(``django_jobs.testing.RedisServer``); it is flushed between measurements, so
+(``django_jobs.redis_server.RedisServer``); it is flushed between measurements, so
 never point ``REDIS_URL`` at a Redis that holds anything you want to keep.
 Database: a fresh SQLite file in a temporary directory, or, when
 ``DATABASE_URL`` names a PostgreSQL server, a fresh database of its own on it
@@ -256,7 +256,7 @@ def worker_main(spec: dict[str, Any]) -> int:
         jobs_queues = get_queues([QUEUE_NAMES["jobs"]])
         cls = jobs_worker.SimpleWorker if simple else jobs_worker.Worker
         if spec["worker"] == "batch":
-            from django_jobs.batching import BatchWorker
+            from django_jobs.worker import BatchWorker
 
             cls = BatchWorker
         elif spec["worker"] == "fork-at-dequeue":
@@ -832,7 +832,7 @@ class Bench:
         from rq.serializers import JSONSerializer
 
         from django_jobs import worker as jobs_worker
-        from django_jobs.batching import BatchWorker
+        from django_jobs.worker import BatchWorker
         from django_jobs.queues import resolve_serializer
 
         queue = self.queue(system)
@@ -1323,7 +1323,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from admin_1m import create_postgres_database, drop_postgres_database
 
-    from django_jobs.testing import RedisServer
+    from django_jobs.redis_server import RedisServer
 
     workdir = tempfile.mkdtemp(prefix="django-jobs-bench-")
     database, server = database_settings(args, workdir)

@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=1.0, help="rqscheduler --interval")
     args = parser.parse_args()
 
-    from django_jobs.testing import RedisServer
+    from django_jobs.redis_server import RedisServer
 
     server = None
     if not os.environ.get("REDIS_URL"):

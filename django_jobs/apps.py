@@ -1,7 +1,11 @@
 from __future__ import annotations
 
 from django.apps import AppConfig
+from django.utils.module_loading import autodiscover_modules
 from django.utils.translation import gettext_lazy as _
+
+from . import checks, queues  # noqa: F401  (registers the system checks and the settings signal)
+from .conf import conf
 
 
 class DjangoJobsConfig(AppConfig):
@@ -10,10 +14,5 @@ class DjangoJobsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from django.utils.module_loading import autodiscover_modules
-
-        from . import checks, queues  # noqa: F401  (registers checks and the settings signal)
-        from .conf import conf
-
         if conf.autodiscover:
             autodiscover_modules(*conf.autodiscover)

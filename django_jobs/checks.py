@@ -23,7 +23,8 @@ from typing import Any
 
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 
-from .conf import CONNECTION_KEYS, DEFAULTS, conf
+from .conf import CONNECTION_KEYS, DEFAULTS, conf, retention_problems
+from .queues import resolve_serializer
 
 # Keys django-rq reads unconditionally once a connection style is chosen
 # (the style is the first of CONNECTION_KEYS present, as django-rq picks it).
@@ -114,8 +115,6 @@ def check_options(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
                 )
             )
     try:
-        from .queues import resolve_serializer
-
         serializer = resolve_serializer()
         if not (hasattr(serializer, "dumps") and hasattr(serializer, "loads")):
             raise TypeError("it has no dumps()/loads()")
@@ -210,8 +209,6 @@ def check_retention(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage
     options = conf.raw_options
     if not isinstance(options, dict) or "RETENTION" not in options:
         return []
-    from .retention import problems
-
     return [
         Error(
             problem,
@@ -219,7 +216,7 @@ def check_retention(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage
             'timedelta(days=7), "failed": timedelta(days=30), "canceled": None} (None keeps them forever).',
             id="django_jobs.E008",
         )
-        for problem in problems(options["RETENTION"])
+        for problem in retention_problems(options["RETENTION"])
     ]
 
 

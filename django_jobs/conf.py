@@ -18,10 +18,16 @@ Two settings are read:
 
 from __future__ import annotations
 
+import difflib
+import math
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+from .status import FINAL_STATUSES, JobStatus
 
 #: Every option of ``DJANGO_JOBS`` with its default.
 DEFAULTS: dict[str, Any] = {
@@ -100,6 +106,78 @@ DEFAULTS: dict[str, Any] = {
 CONNECTION_KEYS = ("URL", "USE_REDIS_CACHE", "UNIX_SOCKET_PATH", "SENTINELS", "HOST")
 
 
+#: The statuses whose rows ``RETENTION`` prunes, in the order they are pruned.
+RETENTION_STATUSES: tuple[str, ...] = tuple(status.value for status in JobStatus if status in FINAL_STATUSES)
+
+RETENTION_SETTING = "DJANGO_JOBS['RETENTION']"
+RETENTION_EXAMPLE = (
+    'for example {"finished": timedelta(days=7), "failed": timedelta(days=30), "canceled": None}'
+)
+
+
+def retention_problems(value: Any) -> list[str]:
+    """What is wrong with a ``RETENTION`` value, one sentence each saying how to fix it; [] if nothing."""
+    if value is None:
+        return []
+    if not isinstance(value, Mapping):
+        return [
+            f"{RETENTION_SETTING} must be a dict of status to seconds or timedelta ({RETENTION_EXAMPLE}), "
+            f"not {type(value).__name__}."
+        ]
+    found = []
+    for status, keep in value.items():
+        if status not in RETENTION_STATUSES:
+            if status in JobStatus.values:
+                found.append(
+                    f"{RETENTION_SETTING} has the status {status!r}, whose rows are never pruned: only rows of jobs "
+                    f"that ended ({', '.join(RETENTION_STATUSES)}) are. Remove that key."
+                )
+            else:
+                close = difflib.get_close_matches(str(status), RETENTION_STATUSES, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                found.append(
+                    f"{RETENTION_SETTING} has an unknown status {status!r}: {hint}Use {', '.join(RETENTION_STATUSES)}."
+                )
+        elif not _valid_duration(keep):
+            found.append(
+                f"{RETENTION_SETTING}[{status!r}] is {keep!r}: give seconds (e.g. {7 * 86400} for a week), "
+                "a timedelta (e.g. timedelta(days=7)), or None to keep these rows forever."
+            )
+    return found
+
+
+def _valid_duration(keep: Any) -> bool:
+    if keep is None:
+        return True
+    if isinstance(keep, timedelta):
+        return keep >= timedelta(0)
+    if isinstance(keep, bool) or not isinstance(keep, int | float):
+        return False
+    return math.isfinite(keep) and 0 <= keep <= timedelta.max.total_seconds()
+
+
+def parse_retention(value: Any) -> dict[str, timedelta | None]:
+    """``RETENTION`` as written → how long each final status is kept (None: forever).
+
+    Statuses the value leaves out keep their default; ``None`` instead of a
+    dict keeps every row forever. A malformed value raises
+    ``ImproperlyConfigured`` (check ``django_jobs.E008`` reports it earlier).
+    """
+    found = retention_problems(value)
+    if found:
+        raise ImproperlyConfigured(" ".join(found))
+    if value is None:
+        return dict.fromkeys(RETENTION_STATUSES, None)
+    merged = {**DEFAULTS["RETENTION"], **value}
+    return {status: _as_timedelta(merged[status]) for status in RETENTION_STATUSES}
+
+
+def _as_timedelta(keep: float | timedelta | None) -> timedelta | None:
+    if keep is None or isinstance(keep, timedelta):
+        return keep
+    return timedelta(seconds=keep)
+
+
 class JobsSettings:
     """Typed, lazy access to ``RQ_QUEUES`` and ``DJANGO_JOBS``.
 
@@ -173,9 +251,7 @@ class JobsSettings:
 
         Raises ``ImproperlyConfigured`` for a malformed value (check ``django_jobs.E008``).
         """
-        from .retention import parse_setting
-
-        return parse_setting(self._get("RETENTION"))
+        return parse_retention(self._get("RETENTION"))
 
     @property
     def schedule(self) -> dict[str, dict[str, Any]]:

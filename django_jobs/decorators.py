@@ -8,19 +8,20 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
+from django.core.exceptions import ValidationError
+
 from . import limits, uniqueness
+from .cron import validate_schedule
+from .enqueue import enqueue, enqueue_many
+from .handles import JobHandle
+from .registry import registry
 from .retries import retry_policy
 
 if TYPE_CHECKING:
     from rq import Retry
 
-    from .handles import JobHandle
-
 P = ParamSpec("P")
 R = TypeVar("R")
-
-#: Every function decorated with ``@job``, by dotted path.
-registry: dict[str, JobFunction[Any, Any]] = {}
 
 
 class JobFunction(Generic[P, R]):
@@ -80,10 +81,6 @@ class JobFunction(Generic[P, R]):
             redact = [redact]
         self.redact = frozenset(redact)
         if cron or interval:
-            from django.core.exceptions import ValidationError
-
-            from .schedules import validate_schedule
-
             try:
                 validate_schedule(cron or "", interval, schedule_timezone or "")
             except ValidationError as exc:
@@ -118,9 +115,7 @@ class JobFunction(Generic[P, R]):
         Inside ``transaction.atomic()`` the job is pushed to Redis only when
         the transaction commits, and not at all if it rolls back.
         """
-        from .enqueue import enqueue
-
-        return enqueue(self, args, kwargs)
+        return JobHandle(enqueue(self, args, kwargs))
 
     def map(
         self, items: Iterable[tuple[Any, ...] | dict[str, Any]], *, queue: str | None = None
@@ -133,9 +128,7 @@ class JobFunction(Generic[P, R]):
         raises, naming its index); the rows are inserted in bulk and the jobs
         pushed to Redis in one pipeline when the transaction commits.
         """
-        from .enqueue import enqueue_many
-
-        return enqueue_many(self, items, queue=queue)
+        return [JobHandle(job_id) for job_id in enqueue_many(self, items, queue=queue)]
 
     def apply_async(
         self,
@@ -156,32 +149,28 @@ class JobFunction(Generic[P, R]):
         means ``settings.TIME_ZONE``) delay it: the row is ``scheduled`` and
         the scheduler (``manage.py rqscheduler``) queues it when due.
         """
-        from .enqueue import enqueue
-
-        return enqueue(
-            self,
-            tuple(args),
-            dict(kwargs or {}),
-            queue=queue,
-            job_id=job_id,
-            depends_on=depends_on,
-            at_front=at_front,
-            timeout=timeout,
-            countdown=countdown,
-            eta=eta,
+        return JobHandle(
+            enqueue(
+                self,
+                tuple(args),
+                dict(kwargs or {}),
+                queue=queue,
+                job_id=job_id,
+                depends_on=depends_on,
+                at_front=at_front,
+                timeout=timeout,
+                countdown=countdown,
+                eta=eta,
+            )
         )
 
     def enqueue_in(self, delay: timedelta | float, /, *args: P.args, **kwargs: P.kwargs) -> JobHandle[R]:
         """Run the call after ``delay`` (a timedelta or seconds)."""
-        from .enqueue import enqueue
-
-        return enqueue(self, args, kwargs, countdown=delay)
+        return JobHandle(enqueue(self, args, kwargs, countdown=delay))
 
     def enqueue_at(self, when: datetime, /, *args: P.args, **kwargs: P.kwargs) -> JobHandle[R]:
         """Run the call at ``when`` (naive means ``settings.TIME_ZONE``)."""
-        from .enqueue import enqueue
-
-        return enqueue(self, args, kwargs, eta=when)
+        return JobHandle(enqueue(self, args, kwargs, eta=when))
 
 
 @overload

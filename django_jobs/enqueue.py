@@ -1,20 +1,16 @@
-"""The one enqueue path: validate, write the row, push to Redis on commit.
+"""The one enqueue path: validate the call, build its :class:`~django_jobs.spec.JobSpec`, write
+the row, push to Redis on commit.
 
 ``.delay()`` inserts the :class:`~django_jobs.models.JobRecord` in the
 caller's transaction and pushes the job to Redis from
-``transaction.on_commit`` on the same database alias, so a rollback leaves
-neither a row nor a job, and outside ``atomic()`` the push happens at once.
-If Redis cannot be reached, the row stays ``queued`` with ``needs_push`` set
-and the caller carries on: nothing is lost.
+``transaction.on_commit`` on the same database alias (:func:`django_jobs.push.push`),
+so a rollback leaves neither a row nor a job, and outside ``atomic()`` the push
+happens at once. If Redis cannot be reached, the row stays ``queued`` with
+``needs_push`` set and the caller carries on: nothing is lost.
 
-On PostgreSQL (psycopg 3), outside ``atomic()``, the row's ``INSERT`` is
-sent and commits while the job is pushed; its answer is read before
-``.delay()`` returns (:func:`push_first` with a :class:`records.SentInsert`).
-Elsewhere (SQLite) the push is sent and Redis runs it while the row is
-written; Redis's answer is read last (:func:`push_beside_row`).
-With ``DJANGO_JOBS["PUSH"] = "redis-first"``, a plain ``.delay()`` outside
-any transaction pushes first and its row follows from a thread
-(:func:`push_first`); inside ``atomic()`` it is as above.
+A plain call outside any transaction sends the push and the row together
+(:mod:`django_jobs.push_ahead`); ``.map()`` writes all rows in bulk and pushes
+them in one pipeline (:func:`enqueue_many`).
 """
 
 from __future__ import annotations
@@ -22,26 +18,29 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-import weakref
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from django.db import DatabaseError, IntegrityError, InterfaceError, connections, transaction
+from django.db import connections, transaction
 from django.utils import timezone
-from redis.exceptions import RedisError
+from rq.exceptions import TimeoutFormatError
+from rq.utils import parse_timeout
 
 from . import limits, records, uniqueness
-from .models import JobStatus
+from .conf import conf
 from .payload import check_arguments, check_payload_size, check_storable_on_postgresql, to_jsonable
+from .push import is_inline, pending_push, push_many_unless_canceled, push_unless_canceled
+from .push_ahead import push_beside_row, push_first
 from .pusher import pusher
-from .queues import default_result_ttl, get_queue, queue_config, uses_json
-from .redis_send import SentPipeline
+from .queues import queue_config, uses_json
+from .redaction import call_string
+from .spec import JobSpec
+from .status import JobStatus
 
 if TYPE_CHECKING:
     from .decorators import JobFunction
-    from .handles import JobHandle
 
 logger = logging.getLogger("django_jobs.enqueue")
 
@@ -76,9 +75,6 @@ def due_time(label: str, countdown: float | timedelta | None, eta: datetime | No
 
 def check_timeout(label: str, timeout: Any) -> None:
     """Raise ``ValueError`` now for a timeout RQ would reject only when pushing."""
-    from rq.exceptions import TimeoutFormatError
-    from rq.utils import parse_timeout
-
     try:
         parse_timeout(timeout)
     except (TimeoutFormatError, TypeError, ValueError):
@@ -86,32 +82,6 @@ def check_timeout(label: str, timeout: Any) -> None:
             f"{label}: timeout {timeout!r} is invalid: give seconds as an int, or a string such as "
             "'90', '30s', '15m', '2h' or '1d'."
         ) from None
-
-
-#: Ids canceled in this process before their on-commit push ran.
-class _PendingPush:
-    """A push waiting for its transaction to commit; dropped with it on rollback."""
-
-    __slots__ = ("__weakref__", "canceled")
-
-    def __init__(self) -> None:
-        self.canceled = False
-
-
-# Weak: an entry lives as long as Django keeps the on-commit callback.
-_pending: weakref.WeakValueDictionary[str, _PendingPush] = weakref.WeakValueDictionary()
-
-
-def forget_push(job_id: str) -> None:
-    """Make this job's push, if it is still waiting for a commit, a no-op (it was canceled first)."""
-    pending = _pending.get(job_id)
-    if pending is not None:
-        pending.canceled = True
-
-
-def _push_unless_canceled(pending: _PendingPush, *args: Any) -> None:
-    if not pending.canceled:
-        push(*args)
 
 
 def _dependency_ids(depends_on: Any) -> list[str]:
@@ -156,12 +126,8 @@ def _job_options(
     timeout: int | str | None,
 ) -> dict[str, Any]:
     """The options kept on the row: what RQ needs to run the job, and its retry policy."""
-    from .conf import conf
-
     description = function.description
     if description is None and (function.redact or conf.redact):
-        from .redaction import call_string
-
         # RQ logs the description; by default it is the call with its arguments.
         description = call_string(function.name, stored_args, stored_kwargs)
 
@@ -194,16 +160,14 @@ def enqueue(
     eta: datetime | None = None,
     periodic_job_id: int | None = None,
     due_at: datetime | None = None,
-) -> JobHandle[Any]:
-    """Enqueue ``function(*args, **kwargs)``; return its handle at once.
+) -> str:
+    """Enqueue ``function(*args, **kwargs)``; return the job's id at once.
 
     With ``countdown`` (seconds or a timedelta) or ``eta`` (a datetime; a
     naive one is read in ``settings.TIME_ZONE``) the row is ``scheduled``
     and the scheduler pushes it when due; a time in the past runs now.
+    A unique job whose call is already waiting or running returns that job's id.
     """
-    from .conf import conf
-    from .handles import JobHandle
-
     label = f"{function.name}()"
     queue_name = queue or function.queue_name or conf.default_queue
     queue_config(queue_name)  # raises UnknownQueueError listing the configured queues
@@ -236,7 +200,8 @@ def enqueue(
         status = JobStatus.SCHEDULED
     else:
         status = JobStatus.DEFERRED if dependencies else JobStatus.QUEUED
-    mode = conf.push
+    spec = JobSpec(job_id, function.name, queue_name, list(args), dict(kwargs), options, using)
+    # The row keeps the arguments as stored (a JSON text form of pickled ones).
     fields: dict[str, Any] = {
         "job_id": job_id,
         "func_name": function.name,
@@ -249,47 +214,63 @@ def enqueue(
         "periodic_job_id": periodic_job_id,
         "unique_key": unique_key,
     }
-    if (
-        mode in ("immediate", "redis-first")
+    plain = (
+        status == JobStatus.QUEUED
         and not chosen_id  # a taken id must fail at the row's insert, before any push
-        and run_at is None
         and due_at is None
         and periodic_job_id is None
         and unique_key is None
-        and not dependencies
-        and limits.rq_meta(function.name, options) is None
-        and not transaction.get_connection(using).in_atomic_block
-        and transaction.get_autocommit(using)
-        and queue_config(queue_name).get("ASYNC", True) is not False
-    ):
-        if mode == "redis-first":
-            push_first(fields, args, kwargs, using)
-            return JobHandle(job_id)
-        # The default push: the row and the push overlap, and both are done when .delay()
-        # returns. On PostgreSQL the row's INSERT is sent and commits while the job is pushed;
-        # elsewhere the push is sent and Redis runs it while the row is written.
-        sent = records.send_insert(using=using, **fields)
-        if sent is not None:
-            push_first(fields, args, kwargs, using, sent=sent)
-        else:
-            push_beside_row(fields, args, kwargs, using)
-        return JobHandle(job_id)
+    )
+    if plain and _can_push_ahead(spec):
+        _push_with_row(spec, fields)
+        return job_id
+
     create = partial(records.create, using=using, **fields)
     if unique_key is None:
         create()
     else:
         holder = uniqueness.create_or_find(create, unique_key, function.unique_for, using)
         if holder is not None:
-            return JobHandle(holder)  # the same call is already waiting or running
+            return holder  # the same call is already waiting or running
     if dependencies:
         records.add_dependencies(job_id, dependencies, using)
-    if run_at is not None:
-        return JobHandle(job_id)  # the database holds it until the scheduler finds it due
-    pending = _pending[job_id] = _PendingPush()
-    after_commit = pusher.submit if mode == "background" else _push_unless_canceled
-    payload = (function.name, queue_name, list(args), dict(kwargs), options, using)
-    transaction.on_commit(partial(after_commit, pending, job_id, *payload), using=using)
-    return JobHandle(job_id)
+    if run_at is None:  # else the database holds it until the scheduler finds it due
+        _push_on_commit(spec)
+    return job_id
+
+
+def _can_push_ahead(spec: JobSpec) -> bool:
+    """Whether the job may go to Redis while its row is written (:mod:`django_jobs.push_ahead`):
+    the default or ``"redis-first"`` push, outside any transaction, on a queue that is not
+    inline, for a job without limits (a limited job's RQ meta is not the row's)."""
+    return (
+        conf.push in ("immediate", "redis-first")
+        and limits.rq_meta(spec.func_name, spec.options) is None
+        and not transaction.get_connection(spec.using).in_atomic_block
+        and transaction.get_autocommit(spec.using)
+        and not is_inline(spec.queue)
+    )
+
+
+def _push_with_row(spec: JobSpec, fields: dict[str, Any]) -> None:
+    """The row and the push overlap, and both are done when ``.delay()`` returns (with
+    ``"redis-first"``, the row follows from a thread)."""
+    if conf.push == "redis-first":
+        push_first(spec, fields)
+        return
+    sent = records.send_insert(using=spec.using, **fields)
+    if sent is not None:  # PostgreSQL: the row's INSERT commits while the job is pushed
+        push_first(spec, fields, sent=sent)
+    else:  # elsewhere: the push is sent, and Redis runs it while the row is written
+        push_beside_row(spec, fields)
+
+
+def _push_on_commit(spec: JobSpec) -> None:
+    """The outbox: push once the caller's transaction commits (at once outside ``atomic()``),
+    or hand the push to the background pusher then; nothing on rollback."""
+    pending = pending_push(spec.id)
+    after_commit = pusher.submit if conf.push == "background" else push_unless_canceled
+    transaction.on_commit(partial(after_commit, pending, spec), using=spec.using)
 
 
 def _split_item(label: str, item: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -308,8 +289,8 @@ def enqueue_many(
     items: Iterable[tuple[Any, ...] | Mapping[str, Any]],
     *,
     queue: str | None = None,
-) -> list[JobHandle[Any]]:
-    """Enqueue one call of ``function`` per item; return their handles, in order.
+) -> list[str]:
+    """Enqueue one call of ``function`` per item; return their ids, in order.
 
     Each item is a tuple of positional arguments or a dict of keyword
     arguments. Every item is checked as ``.delay()`` checks its call before
@@ -317,371 +298,37 @@ def enqueue_many(
     inserted with one bulk insert (in batches on a large list), and the jobs
     are pushed to Redis in one pipeline when the transaction commits.
     """
-    from .conf import conf
-    from .handles import JobHandle
-
     queue_name = queue or function.queue_name or conf.default_queue
     queue_config(queue_name)  # raises UnknownQueueError listing the configured queues
     if function.timeout is not None:
         check_timeout(f"{function.name}()", function.timeout)
 
     using = records.db_alias()
-    calls: list[tuple[str, tuple[Any, ...], dict[str, Any], list[Any], dict[str, Any], dict[str, Any]]] = []
+    calls: list[tuple[JobSpec, dict[str, Any]]] = []
     for index, item in enumerate(items):
         label = f"{function.name}() item {index}"
         args, kwargs = _split_item(label, item)
         stored_args, stored_kwargs = _checked_arguments(function, label, args, kwargs, using)
         options = _job_options(function, stored_args, stored_kwargs, function.timeout)
-        calls.append((new_job_id(), args, kwargs, stored_args, stored_kwargs, options))
+        spec = JobSpec(new_job_id(), function.name, queue_name, list(args), dict(kwargs), options, using)
+        row = {
+            "id": spec.id,
+            "func_name": function.name,
+            "queue": queue_name,
+            "status": JobStatus.QUEUED,
+            "args": stored_args,
+            "kwargs": stored_kwargs,
+            "options": options,
+        }
+        calls.append((spec, row))
     if not calls:
         return []
     if function.unique:
         # Each call must find or take its key: one by one, all or none.
         with transaction.atomic(using=using):
-            return [enqueue(function, call[1], call[2], queue=queue_name) for call in calls]
+            return [enqueue(function, tuple(spec.args), spec.kwargs, queue=queue_name) for spec, _ in calls]
 
-    records.create_many(
-        [
-            {
-                "id": job_id,
-                "func_name": function.name,
-                "queue": queue_name,
-                "status": JobStatus.QUEUED,
-                "args": stored_args,
-                "kwargs": stored_kwargs,
-                "options": options,
-            }
-            for job_id, _args, _kwargs, stored_args, stored_kwargs, options in calls
-        ],
-        using,
-    )
-    pushes = []
-    for job_id, args, kwargs, _stored_args, _stored_kwargs, options in calls:
-        pending = _pending[job_id] = _PendingPush()
-        pushes.append((pending, job_id, list(args), dict(kwargs), options))
-    transaction.on_commit(partial(push_many, function.name, queue_name, pushes, using), using=using)
-    return [JobHandle(call[0]) for call in calls]
-
-
-def run_inline(rq_queue: Any, rq_job: Any) -> None:
-    """Run a job now, in this process, for a queue with ``"ASYNC": False`` (django-rq's test mode).
-
-    It goes through the same worker code as in production, so the row ends
-    ``finished`` or ``failed`` exactly as a worker would leave it; the
-    caller's database connection is left alone.
-    """
-    from .worker import SimpleWorker, run_job_in_process
-
-    rq_job.origin = rq_queue.name
-    rq_job.save()
-    worker = SimpleWorker([rq_queue], connection=rq_queue.connection, serializer=rq_queue.serializer)
-    run_job_in_process(worker, rq_job, rq_queue)
-
-
-def _create_rq_job(
-    rq_queue: Any,
-    job_id: str,
-    func_name: str,
-    args: list[Any],
-    kwargs: dict[str, Any],
-    options: dict[str, Any],
-    meta: dict[str, Any] | None = None,
-) -> Any:
-    return rq_queue.create_job(
-        func_name,
-        args=args,
-        kwargs=kwargs,
-        job_id=job_id,
-        timeout=options.get("timeout"),
-        result_ttl=options.get("result_ttl", default_result_ttl(rq_queue.name)),
-        ttl=options.get("ttl"),
-        failure_ttl=options.get("failure_ttl"),
-        description=options.get("description"),
-        depends_on=options.get("depends_on"),
-        meta=meta if meta is not None else limits.rq_meta(func_name, options),
-    )
-
-
-def _enqueue_in_one_trip(rq_queue: Any, rq_job: Any, options: dict[str, Any]) -> Any:
-    """RQ's enqueue of a job without dependencies, in one round trip to Redis."""
-    with rq_queue.connection.pipeline() as pipeline:
-        rq_job = rq_queue.enqueue_job(rq_job, pipeline=pipeline, at_front=bool(options.get("at_front")))
-        pipeline.execute()
-    return rq_job
-
-
-def push_first(
-    fields: dict[str, Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    using: str,
-    *,
-    sent: records.SentInsert | None = None,
-) -> None:
-    """Push a job whose row (``fields``, as :func:`records.create` takes them) is not committed
-    yet: one round trip to Redis in the caller's thread, as django-rq's ``.delay()``.
-
-    - ``DJANGO_JOBS["PUSH"] = "redis-first"`` (no ``sent``): the row then goes to this process's
-      row writer, which inserts rows many at a time.
-    - The default push on PostgreSQL: the row's ``INSERT`` was ``sent`` ahead and
-      commits while the job is pushed; its answer is read last, so the row is committed when
-      ``.delay()`` returns. Should the database fail in between, the job is in Redis already and
-      its row goes to the row writer.
-
-    The job carries its row's options, so a worker that takes it before the row is there writes
-    the whole row. If Redis cannot be reached, the row is written now, ``queued`` with
-    ``needs_push`` set.
-    """
-    from .pusher import row_writer
-
-    row = sent.values if sent is not None else records.row_values(**fields)
-    try:
-        rq_queue = get_queue(fields["queue"])
-        _enqueue_in_one_trip(rq_queue, _row_carrying_job(rq_queue, fields, args, kwargs), fields["options"])
-    except Exception as exc:
-        _push_failed(exc, fields, using, sent is not None and _sent_row_written(sent, fields["job_id"]))
-        return
-    if sent is None or not _sent_row_written(sent, fields["job_id"]):
-        row_writer.submit(using, row)
-
-
-def push_beside_row(
-    fields: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any], using: str
-) -> None:
-    """The default push where the row cannot be sent ahead (SQLite): the push is sent to Redis,
-    the row is written and committed while Redis runs the push, and Redis's answer is read last
-    (:class:`~django_jobs.redis_send.SentPipeline`). The caller waits for the longer of the two,
-    not for both, and the row is committed when ``.delay()`` returns.
-
-    The job carries its row's options, as with :func:`push_first`. If the row cannot be written,
-    the job is taken back out of its queue and the database's error raised, as if the row had
-    been written first; a worker that took the job already writes the row itself.
-    """
-    from .pusher import row_writer
-
-    job_id = fields["job_id"]
-    try:
-        rq_queue = get_queue(fields["queue"])
-        rq_job = _row_carrying_job(rq_queue, fields, args, kwargs)
-        with rq_queue.connection.pipeline() as pipeline:
-            rq_queue.enqueue_job(rq_job, pipeline=pipeline, at_front=bool(fields["options"].get("at_front")))
-            sent_push = SentPipeline(pipeline)
-    except Exception as exc:
-        _push_failed(exc, fields, using, row_written=False)
-        return
-    try:
-        records.create(using=using, **fields)
-        row_written = True
-    except IntegrityError:
-        row_written = False  # a worker took the job while the row was written, and wrote it first
-    except (DatabaseError, InterfaceError) as exc:
-        try:
-            sent_push.finish()
-        except Exception:
-            raise exc from None  # the database's error: whether Redis took the job is not known
-        if _withdrawn(rq_queue, rq_job):
-            raise
-        _row_not_written(job_id, exc, connections[using])
-        row_writer.submit(using, records.row_values(**fields))
-        return
-    except BaseException:
-        sent_push.abandon()
-        raise
-    try:
-        sent_push.finish()
-    except Exception as exc:
-        _push_failed(exc, fields, using, row_written)
-        return
-    if not row_written:
-        row_writer.submit(using, records.row_values(**fields))
-
-
-def _row_carrying_job(
-    rq_queue: Any, fields: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
-    """The RQ job of a row not committed yet: it carries the row's options in its meta, so that
-    a worker that takes it first can write the whole row."""
-    options = fields["options"]
-    meta = {records.ROW_OPTIONS_META: options}
-    return _create_rq_job(
-        rq_queue, fields["job_id"], fields["func_name"], list(args), dict(kwargs), options, meta
-    )
-
-
-def _withdrawn(rq_queue: Any, rq_job: Any) -> bool:
-    """Take a job no worker has taken yet back out of its queue; whether it was there."""
-    try:
-        if not rq_queue.connection.lrem(rq_queue.key, 1, rq_job.id):
-            return False
-        rq_queue.connection.delete(rq_job.key)
-    except RedisError:
-        return False
-    return True
-
-
-def _push_failed(exc: Exception, fields: dict[str, Any], using: str, row_written: bool) -> None:
-    """Redis did not take a job pushed ahead of its row: the row is kept ``needs_push``."""
-    job_id = fields["job_id"]
-    logger.warning(
-        "Could not push job %s (%s) to Redis queue %r: %s. Its row is written now, queued with "
-        "needs_push set, to be pushed again once Redis is back.",
-        job_id,
-        fields["func_name"],
-        fields["queue"],
-        exc,
-        exc_info=not isinstance(exc, RedisError | OSError),
-    )
-    if row_written:
-        records.mark_push_failed(job_id, using)
-        return
-    try:
-        records.create(using=using, **fields, needs_push=True)
-    except IntegrityError:
-        # Redis had taken the job after all (the error came with its answer), and a worker
-        # that took it wrote the row first.
-        logger.warning("Job %s has a row already: it was pushed after all.", job_id)
-
-
-def _sent_row_written(sent: records.SentInsert, job_id: str) -> bool:
-    """Read the answer to a row's ``INSERT`` sent ahead: whether it wrote the row."""
-    try:
-        sent.finish()
-    except IntegrityError:
-        # A worker took the job before the row was committed and wrote the row itself.
-        return False
-    except (DatabaseError, InterfaceError) as exc:
-        _row_not_written(job_id, exc, sent.connection)
-        return False
-    return True
-
-
-def _row_not_written(job_id: str, exc: Exception, connection: Any) -> None:
-    logger.warning(
-        "Could not write the row of job %s: %s. The job is in Redis; its row is kept in this "
-        "process and written once the database answers (a worker that takes the job first "
-        "writes it itself).",
-        job_id,
-        exc,
-    )
-    # .delay() does not raise here: a lost connection is closed so that the caller's next
-    # query opens a new one (outside atomic(), as here, Django would otherwise keep it).
-    connection.close_if_unusable_or_obsolete()
-
-
-def push(
-    job_id: str,
-    func_name: str,
-    queue_name: str,
-    args: list[Any],
-    kwargs: dict[str, Any],
-    options: dict[str, Any],
-    using: str,
-) -> bool:
-    """Put a job whose row exists into its RQ queue; return whether Redis took it.
-
-    Also the way back for a row that must be pushed again (``needs_push``, or
-    Redis lost its data): everything it needs is stored on the row.
-    """
-    from rq.job import JobStatus as RQJobStatus
-
-    try:
-        rq_queue = get_queue(queue_name)
-        rq_job = _create_rq_job(rq_queue, job_id, func_name, args, kwargs, options)
-        if queue_config(queue_name).get("ASYNC", True) is False:
-            run_inline(rq_queue, rq_job)
-            return True
-        if options.get("depends_on"):
-            # Dependencies are checked under WATCH: RQ needs its own round trips.
-            rq_job = rq_queue.enqueue_job(rq_job, at_front=bool(options.get("at_front")))
-        else:
-            rq_job = _enqueue_in_one_trip(rq_queue, rq_job, options)
-    except (RedisError, OSError) as exc:
-        logger.warning(
-            "Could not push job %s (%s) to Redis queue %r: %s. The row is kept as queued "
-            "with needs_push set, to be pushed again once Redis is back.",
-            job_id,
-            func_name,
-            queue_name,
-            exc,
-        )
-        records.mark_push_failed(job_id, using)
-        return False
-    except Exception:
-        # Never lose the job to an unexpected error after the caller's commit.
-        logger.exception(
-            "Could not push job %s (%s); the row is kept with needs_push set.", job_id, func_name
-        )
-        records.mark_push_failed(job_id, using)
-        return False
-    if options.get("depends_on") and rq_job.get_status(refresh=False) != RQJobStatus.DEFERRED:
-        # Its dependencies had already finished: RQ queued it straight away.
-        records.mark_status(job_id, JobStatus.QUEUED)
-    return True
-
-
-def push_many(
-    func_name: str,
-    queue_name: str,
-    pushes: list[tuple[_PendingPush, str, list[Any], dict[str, Any], dict[str, Any]]],
-    using: str,
-) -> int:
-    """Put jobs whose rows exist into one RQ queue in one pipeline; return how many Redis took.
-
-    Jobs canceled before the commit are left out. If Redis fails, every row
-    of the batch is marked ``needs_push`` (the pipeline is a transaction:
-    Redis took all of them or none).
-    """
-    pushes = [entry for entry in pushes if not entry[0].canceled]
-    if not pushes:
-        return 0
-    if queue_config(queue_name).get("ASYNC", True) is False:
-        # Run inline, one by one, exactly as .delay() does.
-        return sum(
-            push(job_id, func_name, queue_name, args, kwargs, options, using)
-            for _pending_push, job_id, args, kwargs, options in pushes
-        )
-    job_ids = [entry[1] for entry in pushes]
-    try:
-        from rq import Queue
-
-        rq_queue = get_queue(queue_name)
-        result_ttl = default_result_ttl(queue_name)
-        with rq_queue.connection.pipeline() as pipeline:
-            rq_queue.enqueue_many(
-                [
-                    Queue.prepare_data(
-                        func_name,
-                        args=args,
-                        kwargs=kwargs,
-                        job_id=job_id,
-                        timeout=options.get("timeout"),
-                        result_ttl=options.get("result_ttl", result_ttl),
-                        ttl=options.get("ttl"),
-                        failure_ttl=options.get("failure_ttl"),
-                        description=options.get("description"),
-                        meta=limits.rq_meta(func_name, options),
-                    )
-                    for _pending_push, job_id, args, kwargs, options in pushes
-                ],
-                pipeline=pipeline,
-            )
-            pipeline.execute()
-    except (RedisError, OSError) as exc:
-        logger.warning(
-            "Could not push %d jobs (%s) to Redis queue %r: %s. The rows are kept as queued "
-            "with needs_push set, to be pushed again once Redis is back.",
-            len(job_ids),
-            func_name,
-            queue_name,
-            exc,
-        )
-        records.mark_push_failed_many(job_ids, using)
-        return 0
-    except Exception:
-        # Never lose the jobs to an unexpected error after the caller's commit.
-        logger.exception(
-            "Could not push %d jobs (%s); the rows are kept with needs_push set.", len(job_ids), func_name
-        )
-        records.mark_push_failed_many(job_ids, using)
-        return 0
-    return len(job_ids)
+    records.create_many([row for _spec, row in calls], using)
+    entries = [(pending_push(spec.id), spec) for spec, _row in calls]
+    transaction.on_commit(partial(push_many_unless_canceled, entries), using=using)
+    return [spec.id for spec, _row in calls]

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar, cast
 
+from rq.exceptions import NoSuchJobError
+from rq.job import Job
+
+from . import actions, records
 from .conf import conf
 from .exceptions import JobFailed, JobWaitTimeout
 from .models import FINAL_STATUSES, JobRecord, JobStatus
-
-if TYPE_CHECKING:
-    from rq.job import Job
+from .pusher import settle
+from .queues import get_queue
 
 R = TypeVar("R")
 
@@ -35,18 +38,12 @@ class JobHandle(Generic[R]):
     @property
     def record(self) -> JobRecord | None:
         """The job's row, read now (None if it does not exist, or not yet in this transaction)."""
-        from . import records
-        from .pusher import settle
-
         settle()
         return records.load(self.id)
 
     @property
     def status(self) -> str | None:
         """The job's status, read now from its row."""
-        from . import records
-        from .pusher import settle
-
         settle()
         return (
             JobRecord.objects.using(records.db_alias())
@@ -86,10 +83,6 @@ class JobHandle(Generic[R]):
 
     def rq_job(self) -> Job | None:
         """The RQ job in Redis, while Redis still has it."""
-        from rq.exceptions import NoSuchJobError
-
-        from .queues import get_queue
-
         record = self.record
         queue = get_queue(record.queue if record else None)
         try:
@@ -105,11 +98,8 @@ class JobHandle(Generic[R]):
 
         Works before the enqueuing transaction commits too: the pending push is dropped.
         """
-        from . import manager, records
-        from .pusher import settle
-
         settle()
-        return manager.cancel(JobRecord.objects.using(records.db_alias()).filter(pk=self.id)).done == 1
+        return actions.cancel(JobRecord.objects.using(records.db_alias()).filter(pk=self.id)).done == 1
 
     def stop(self) -> bool:
         """Ask the worker running this job to stop it; return whether a request was sent.
@@ -117,11 +107,8 @@ class JobHandle(Generic[R]):
         Only a forking worker can stop a job (it kills the job's process); a
         SimpleWorker ignores the request and the job runs to its end.
         """
-        from . import manager, records
-        from .pusher import settle
-
         settle()
-        return manager.stop(JobRecord.objects.using(records.db_alias()).filter(pk=self.id)).done == 1
+        return actions.stop(JobRecord.objects.using(records.db_alias()).filter(pk=self.id)).done == 1
 
 
 def get_job(job_id: str) -> JobHandle[Any]:

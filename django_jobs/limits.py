@@ -33,6 +33,9 @@ from typing import TYPE_CHECKING, Any
 from django.db import DatabaseError, InterfaceError
 from django.utils import timezone
 
+from . import records
+from .queues import get_connection
+
 if TYPE_CHECKING:
     from redis import Redis
     from rq import Queue
@@ -261,8 +264,6 @@ def admit(job: Job) -> Admission:
     The counts live in the Redis of the default queue, whatever queue the
     job is on, so that every worker of the project shares them.
     """
-    from .queues import get_connection
-
     limits = limits_of(job)
     if limits is None:
         return UNLIMITED
@@ -309,8 +310,6 @@ def defer(job: Job, queue: Queue, admission: Admission) -> None:
     In that order a push by the scheduler can never be undone here. Should
     the row write fail, the job goes back into its queue instead.
     """
-    from . import records
-
     assert admission.wait is not None
     with queue.connection.pipeline() as pipeline:
         pipeline.lrem(queue.intermediate_queue_key, 0, job.id)

@@ -8,25 +8,20 @@ from django.db import models
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from .cron import validate_schedule
+from .status import ACTIVE_STATUSES, FINAL_STATUSES, JobStatus
 
-class JobStatus(models.TextChoices):
-    """RQ's status vocabulary, as stored on :class:`JobRecord`."""
-
-    SCHEDULED = "scheduled", _("scheduled")
-    QUEUED = "queued", _("queued")
-    DEFERRED = "deferred", _("deferred")
-    STARTED = "started", _("started")
-    FINISHED = "finished", _("finished")
-    FAILED = "failed", _("failed")
-    CANCELED = "canceled", _("canceled")
-    STOPPED = "stopped", _("stopped")
-
-
-#: Statuses after which a job does nothing more unless someone requeues it.
-FINAL_STATUSES = frozenset({JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.STOPPED})
-
-#: Statuses of a job that is waiting or running; a unique job's key is held in these.
-ACTIVE_STATUSES = [JobStatus.SCHEDULED, JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.STARTED]
+__all__ = [
+    "ACTIVE_STATUSES",
+    "FINAL_STATUSES",
+    "Dashboard",
+    "JobDependency",
+    "JobRecord",
+    "JobRecordQuerySet",
+    "JobStatus",
+    "MissedRunPolicy",
+    "PeriodicJob",
+]
 
 
 class JobRecordQuerySet(models.QuerySet["JobRecord"]):
@@ -230,8 +225,6 @@ class PeriodicJob(models.Model):
         return self.name
 
     def clean(self) -> None:
-        from .schedules import validate_schedule
-
         validate_schedule(self.cron, self.interval, self.timezone)
 
     def definition(self) -> dict[str, Any]:

@@ -7,6 +7,8 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
+from .conf import conf
+
 _SCALARS = (str, int, float, bool, type(None))
 
 
@@ -100,8 +102,6 @@ def check_storable_on_postgresql(label: str, arguments: dict[str, Any]) -> None:
 
 def check_payload_size(label: str, payload: Any) -> None:
     """Raise ``ValueError`` when the arguments exceed ``DJANGO_JOBS["MAX_PAYLOAD_BYTES"]`` as JSON."""
-    from .conf import conf
-
     limit = conf.max_payload_bytes
     if limit is None:
         return

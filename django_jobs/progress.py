@@ -5,6 +5,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from rq import get_current_job as rq_current_job
+
+from . import records
 from .conf import conf
 
 # Per running job: its meta as last written, and when. A worker runs one job
@@ -14,16 +17,12 @@ _state: dict[str, tuple[dict[str, Any], float]] = {}
 
 def get_current_job() -> Any:
     """The RQ job running in this process (its ``.id``, ``.meta``…), or None outside a job."""
-    from rq import get_current_job as rq_current_job
-
     return rq_current_job()
 
 
 def get_current_job_id() -> str | None:
     """The id of the job running in this process, or None outside a job."""
-    from rq import get_current_job
-
-    job = get_current_job()
+    job = rq_current_job()
     return job.id if job is not None else None
 
 
@@ -37,8 +36,6 @@ def set_progress(
     seconds (and always for the last step, or with ``force=True``), so a
     tight loop does not hammer the database. Outside a job it does nothing.
     """
-    from . import records
-
     job_id = get_current_job_id()
     if job_id is None:
         return False

@@ -37,14 +37,17 @@ from typing import Any
 
 from django.db import connections
 from redis.exceptions import RedisError
+from rq import Queue
+
+from . import records
+from .push import PendingPush, is_inline, push, rq_job_for
+from .queues import get_queue
+from .spec import JobSpec
 
 logger = logging.getLogger("django_jobs.pusher")
 
 #: The most jobs one pipeline carries, and the most rows one batch of inserts writes.
 BATCH = 500
-
-#: One push: (pending marker, job_id, func_name, queue_name, args, kwargs, options, using).
-Push = tuple[Any, str, str, str, list[Any], dict[str, Any], dict[str, Any], str]
 
 
 class Batcher:
@@ -147,34 +150,29 @@ class Batcher:
                     self.lock.wait_for(lambda: self.hurry, self.retry_in)
 
 
-def push_batch(batch: list[Push]) -> None:
+def push_batch(batch: list[tuple[PendingPush, JobSpec]]) -> None:
     """Push jobs in one pipeline per Redis connection; the odd ones (dependencies, inline) one by one."""
-    from .enqueue import _create_rq_job, push
-    from .queues import get_queue, queue_config
-    from .records import mark_push_failed_many
-
-    groups: dict[int, list[tuple[Any, Push]]] = defaultdict(list)
-    for item in batch:
-        pending, job_id, func_name, queue_name, args, kwargs, options, using = item
+    groups: dict[int, list[tuple[Queue, JobSpec]]] = defaultdict(list)
+    for pending, spec in batch:
         if pending.canceled:
             continue
-        if options.get("depends_on") or queue_config(queue_name).get("ASYNC", True) is False:
-            push(job_id, func_name, queue_name, args, kwargs, options, using)
+        if spec.depends_on or is_inline(spec.queue):
+            push(spec)
             continue
-        rq_queue = get_queue(queue_name)
-        groups[id(rq_queue.connection)].append((rq_queue, item))
+        rq_queue = get_queue(spec.queue)
+        groups[id(rq_queue.connection)].append((rq_queue, spec))
     for group in groups.values():
         connection = group[0][0].connection
         try:
             with connection.pipeline() as pipeline:
-                for rq_queue, (_p, job_id, func_name, _q, args, kwargs, options, _u) in group:
-                    rq_job = _create_rq_job(rq_queue, job_id, func_name, args, kwargs, options)
-                    rq_queue.enqueue_job(rq_job, pipeline=pipeline, at_front=bool(options.get("at_front")))
+                for rq_queue, spec in group:
+                    rq_job = rq_job_for(rq_queue, spec)
+                    rq_queue.enqueue_job(rq_job, pipeline=pipeline, at_front=spec.at_front)
                 pipeline.execute()
         except (RedisError, OSError) as exc:
             by_alias: dict[str, list[str]] = defaultdict(list)
-            for _queue, item in group:
-                by_alias[item[7]].append(item[1])
+            for _queue, spec in group:
+                by_alias[spec.using].append(spec.id)
             logger.warning(
                 "Could not push %d jobs to Redis: %s. The rows are kept as queued with needs_push "
                 "set, to be pushed again once Redis is back.",
@@ -182,7 +180,7 @@ def push_batch(batch: list[Push]) -> None:
                 exc,
             )
             for using, job_ids in by_alias.items():
-                mark_push_failed_many(job_ids, using)
+                records.mark_push_failed_many(job_ids, using)
 
 
 def write_rows(batch: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
@@ -190,15 +188,13 @@ def write_rows(batch: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[
 
     A row a worker wrote first keeps its status and run (see ``create_many``).
     """
-    from .records import create_many
-
     by_alias: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for using, row in batch:
         by_alias[using].append(row)
     retry: list[tuple[str, dict[str, Any]]] = []
     for using, rows in by_alias.items():
         try:
-            create_many(rows, using, late=True)
+            records.create_many(rows, using, late=True)
         except Exception as exc:
             # The jobs are in Redis and run meanwhile: a worker writes the row of each one it
             # takes (or spools its start while the database is down).

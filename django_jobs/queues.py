@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import json
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 from django.utils.module_loading import import_string
+from django_rq.connection_utils import filter_connection_params, get_redis_connection
 from redis import Redis
+from rq import Queue
 from rq.serializers import JSONSerializer, PickleSerializer
 
 from .conf import conf
-
-if TYPE_CHECKING:
-    from rq import Queue
+from .jobclass import JobsJob
 
 
 class UnknownQueueError(ValueError):
@@ -75,8 +75,6 @@ def queue_config(name: str) -> dict[str, Any]:
 
 
 def _connection_key(config: dict[str, Any]) -> str:
-    from django_rq.connection_utils import filter_connection_params
-
     params = filter_connection_params(config)
     for extra in ("USERNAME", "SENTINEL_KWARGS", "REDIS_CLIENT_KWARGS", "UNIX_SOCKET_PATH"):
         if extra in config:
@@ -89,8 +87,6 @@ def get_connection(name: str | None = None) -> Redis:
 
     Queues that share connection settings share one connection pool.
     """
-    from django_rq.connection_utils import get_redis_connection
-
     config = queue_config(name or conf.default_queue)
     key = _connection_key(config)
     connection = _connections.get(key)
@@ -113,10 +109,6 @@ def get_queue(name: str | None = None) -> Queue:
     queue = _queues.get(name)
     if queue is not None:
         return queue
-    from rq import Queue
-
-    from .worker import JobsJob
-
     config = queue_config(name)
     queue = Queue(
         name,

@@ -30,10 +30,13 @@ from redis import Redis
 from rq.job import Job
 from rq.worker import Worker as RQWorker
 
-from . import records, spool
-from .enqueue import push
+from . import outcomes, records, spool
+from .claims import claimed_job_ids, claimed_key, claimers, release_claims
+from .conf import conf
 from .models import FINAL_STATUSES, JobDependency, JobRecord, JobStatus
+from .push import push
 from .queues import get_connection, get_queue
+from .spec import JobSpec
 
 logger = logging.getLogger("django_jobs.recovery")
 
@@ -44,11 +47,6 @@ EPOCH_KEY = "django_jobs:epoch"
 PUSH_GRACE = timedelta(seconds=10)
 
 _PUSH_FIELDS = ("pk", "func_name", "queue", "args", "kwargs", "options", "status", "enqueued_at")
-
-
-def _push_row(row: dict[str, Any], using: str, options: dict[str, Any] | None = None) -> bool:
-    payload = (row["func_name"], row["queue"], row["args"], row["kwargs"], options or row["options"])
-    return push(row["pk"], *payload, using)
 
 
 def _expired(row: dict[str, Any], now: datetime) -> bool:
@@ -81,10 +79,10 @@ def _push_all(rows: list[dict[str, Any]], now: datetime, using: str, dry_run: bo
         if dry_run:
             pushed.append(row["pk"])
             continue
-        options = row["options"]
+        spec = JobSpec.from_row(row, using)
         if row["status"] == JobStatus.DEFERRED:
-            options = _open_dependencies(row, using)
-        if _push_row(row, using, options):
+            spec = spec.with_options(_open_dependencies(row, using))
+        if push(spec):
             records.clear_needs_push(row["pk"])
             pushed.append(row["pk"])
     return pushed
@@ -139,8 +137,6 @@ def _job_ids_in(queue_names: Iterable[str], *, started_only: bool = False) -> se
 def _live_job_ids(queue_names: Iterable[str]) -> set[str]:
     """Every job id RQ holds somewhere it will act on, that a batch worker took ahead, or
     whose outcome waits in the spool."""
-    from .batching import claimed_job_ids
-
     live = _job_ids_in(queue_names)
     # Read after the queues: a job a batch worker takes moves from its queue to its list.
     live |= claimed_job_ids(get_connection())
@@ -159,8 +155,6 @@ def reconcile(now: datetime | None = None, *, batch: int = 1000, dry_run: bool =
     enqueued in the last :data:`PUSH_GRACE` are skipped (their push may be in
     flight). Returns the ids pushed (or that would be, with ``dry_run``).
     """
-    from .conf import conf
-
     now = now or timezone.now()
     using = records.db_alias()
     pushed: list[str] = []
@@ -242,8 +236,6 @@ class OrphanWatch:
     def recover(self, now: datetime | None = None, *, dry_run: bool = False) -> list[str]:
         """Handle the rows of dead workers, and give back the jobs that dead batch workers had
         taken ahead (to the front of their queue); return the ids of both."""
-        from .batching import claimed_key, claimers, release_claims
-
         now = now or timezone.now()
         using = records.db_alias()
         connection = get_connection()
@@ -277,8 +269,6 @@ class OrphanWatch:
 
 def _started_in_rq_only(connection: Redis, before: datetime) -> list[tuple[str, str]]:
     """(job id, worker) of jobs RQ marked started whose rows still wait (the worker died in between)."""
-    from .conf import conf
-
     running = _job_ids_in(conf.queues, started_only=True)
     if not running:
         return []
@@ -300,10 +290,8 @@ def _started_in_rq_only(connection: Redis, before: datetime) -> list[tuple[str, 
     ]
 
 
-def recover_orphan(connection: Redis, job_id: str, worker: str) -> records.Outcome:
+def recover_orphan(connection: Redis, job_id: str, worker: str) -> records.FailedAttempt:
     """End the attempt of a job whose worker died; retry it if it has attempts left."""
-    from .worker import continue_after_failure
-
     error = (
         f"Worker {worker or '(unknown)'} died while running this job: its heartbeat stopped "
         "(killed, out of memory, or its machine was lost)."
@@ -321,7 +309,7 @@ def recover_orphan(connection: Redis, job_id: str, worker: str) -> records.Outco
         except Exception:  # an unknown queue now, or an unreadable job: nothing to clean
             logger.debug("No RQ bookkeeping to clean for job %s", job_id, exc_info=True)
     if outcome.status not in FINAL_STATUSES:
-        continue_after_failure(job_id, outcome)
+        outcomes.follow_up(job_id, outcome)
     return outcome
 
 

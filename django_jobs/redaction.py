@@ -5,21 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 from .conf import conf
+from .registry import registry
 
 MASK = "••••"
 
 
 def redacted_names(func_name: str) -> frozenset[str]:
     """Argument names to hide for this job: ``DJANGO_JOBS["REDACT"]`` plus ``@job(redact=…)``."""
-    from .decorators import registry
-
     function = registry.get(func_name)
     return conf.redact | (function.redact if function is not None else frozenset())
 
 
 def _positional_names(func_name: str, count: int) -> list[str | None]:
-    from .decorators import registry
-
     function = registry.get(func_name)
     names: list[str | None] = []
     if function is not None:

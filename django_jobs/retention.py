@@ -19,94 +19,25 @@ meanwhile. SQLite locks the whole database while a batch is deleted, so
 
 from __future__ import annotations
 
-import difflib
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
-from typing import Any
 
-from django.core.exceptions import ImproperlyConfigured
 from django.db import connections, transaction
 from django.db.models import Exists, Min, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from . import records
-from .conf import DEFAULTS, conf
-from .models import FINAL_STATUSES, JobDependency, JobRecord, JobStatus
+from .conf import RETENTION_STATUSES as STATUSES
+from .conf import conf
+from .models import JobDependency, JobRecord
 
 #: The most rows one batch (one transaction) deletes.
 MAX_BATCH_SIZE = 10_000
 
-#: The statuses whose rows can be pruned, in the order they are pruned.
-STATUSES: tuple[str, ...] = tuple(status.value for status in JobStatus if status in FINAL_STATUSES)
-
 #: ``on_batch(status, rows deleted, seconds the delete transaction took)``.
 BatchCallback = Callable[[str, int, float], None]
-
-SETTING = "DJANGO_JOBS['RETENTION']"
-EXAMPLE = 'for example {"finished": timedelta(days=7), "failed": timedelta(days=30), "canceled": None}'
-
-
-def problems(value: Any) -> list[str]:
-    """What is wrong with a ``RETENTION`` value, one sentence each saying how to fix it; [] if nothing."""
-    if value is None:
-        return []
-    if not isinstance(value, Mapping):
-        return [
-            f"{SETTING} must be a dict of status to seconds or timedelta ({EXAMPLE}), "
-            f"not {type(value).__name__}."
-        ]
-    found = []
-    for status, keep in value.items():
-        if status not in STATUSES:
-            if status in JobStatus.values:
-                found.append(
-                    f"{SETTING} has the status {status!r}, whose rows are never pruned: only rows of jobs "
-                    f"that ended ({', '.join(STATUSES)}) are. Remove that key."
-                )
-            else:
-                close = difflib.get_close_matches(str(status), STATUSES, n=1)
-                hint = f"did you mean {close[0]!r}? " if close else ""
-                found.append(f"{SETTING} has an unknown status {status!r}: {hint}Use {', '.join(STATUSES)}.")
-        elif not _valid_duration(keep):
-            found.append(
-                f"{SETTING}[{status!r}] is {keep!r}: give seconds (e.g. {7 * 86400} for a week), "
-                "a timedelta (e.g. timedelta(days=7)), or None to keep these rows forever."
-            )
-    return found
-
-
-def _valid_duration(keep: Any) -> bool:
-    if keep is None:
-        return True
-    if isinstance(keep, timedelta):
-        return keep >= timedelta(0)
-    if isinstance(keep, bool) or not isinstance(keep, int | float):
-        return False
-    return math.isfinite(keep) and 0 <= keep <= timedelta.max.total_seconds()
-
-
-def parse_setting(value: Any) -> dict[str, timedelta | None]:
-    """``RETENTION`` as written → how long each final status is kept (None: forever).
-
-    Statuses the value leaves out keep their default; ``None`` instead of a
-    dict keeps every row forever. A malformed value raises
-    ``ImproperlyConfigured`` (check ``django_jobs.E008`` reports it earlier).
-    """
-    found = problems(value)
-    if found:
-        raise ImproperlyConfigured(" ".join(found))
-    if value is None:
-        return dict.fromkeys(STATUSES, None)
-    merged = {**DEFAULTS["RETENTION"], **value}
-    return {status: _as_timedelta(merged[status]) for status in STATUSES}
-
-
-def _as_timedelta(keep: float | timedelta | None) -> timedelta | None:
-    if keep is None or isinstance(keep, timedelta):
-        return keep
-    return timedelta(seconds=keep)
 
 
 def describe(keep: timedelta | None) -> str:

@@ -36,12 +36,16 @@ from django.utils import timezone
 from redis import Redis
 from redis.exceptions import RedisError
 
-from . import records, recovery, retention, spool
+from . import outcomes, records, recovery, retention
 from .conf import conf
-from .enqueue import push
+from .cron import next_run
+from .db.connections import reset_database_connections
+from .enqueue import enqueue
 from .models import JobRecord, JobStatus, MissedRunPolicy, PeriodicJob
+from .push import push
 from .queues import get_connection
-from .schedules import next_run
+from .registry import registry
+from .spec import JobSpec
 
 logger = logging.getLogger("django_jobs.scheduler")
 
@@ -110,7 +114,7 @@ def promote_due(now: datetime, batch: int = 500) -> int:
         # Rows canceled between the select and the claim stay canceled and are not pushed.
         rows = JobRecord.objects.using(using).filter(pk__in=ids, status=JobStatus.QUEUED, needs_push=False)
         for row in rows.values("pk", "func_name", "queue", "args", "kwargs", "options"):
-            push(row["pk"], row["func_name"], row["queue"], row["args"], row["kwargs"], row["options"], using)
+            push(JobSpec.from_row(row, using))
             pushed += 1
         if len(ids) < batch:
             return pushed
@@ -153,9 +157,6 @@ def start_run(periodic: PeriodicJob, due_at: datetime | None = None) -> JobRecor
 
     ``due_at`` (the run's time in the schedule) is kept as the run's ``scheduled_for``.
     """
-    from .decorators import registry
-    from .enqueue import enqueue
-
     function = registry.get(periodic.func_name)
     if function is None:
         logger.error(
@@ -165,7 +166,7 @@ def start_run(periodic: PeriodicJob, due_at: datetime | None = None) -> JobRecor
             periodic.func_name,
         )
         return None
-    handle = enqueue(
+    job_id = enqueue(
         function,
         tuple(periodic.args or ()),
         dict(periodic.kwargs or {}),
@@ -173,7 +174,7 @@ def start_run(periodic: PeriodicJob, due_at: datetime | None = None) -> JobRecor
         periodic_job_id=periodic.pk,
         due_at=due_at,
     )
-    return JobRecord.objects.using(records.db_alias()).get(pk=handle.id)
+    return JobRecord.objects.using(records.db_alias()).get(pk=job_id)
 
 
 def run_periodic(now: datetime, late_after: timedelta) -> int:
@@ -211,8 +212,6 @@ def run_periodic(now: datetime, late_after: timedelta) -> int:
 
 def declared_schedules() -> dict[str, dict[str, Any]]:
     """Schedules in code: ``@job(cron=…/interval=…)`` and ``DJANGO_JOBS["SCHEDULE"]``."""
-    from .decorators import registry
-
     declared: dict[str, dict[str, Any]] = {}
     for function in registry.values():
         if function.cron or function.interval:
@@ -347,8 +346,8 @@ class Scheduler:
         connection = self.lock.connection
         # Outcomes kept in Redis during a database outage go first: a job that ended
         # while the database was away must not be taken for an orphan.
-        if spool.pending(connection):
-            spool.drain(connection)
+        if outcomes.pending(connection):
+            outcomes.replay_spool(connection)
         pushed = recovery.push_pending(now)
         lost = recovery.redis_lost_data(connection, self.name)
         if lost or time.monotonic() - self.reconciled_at >= conf.reconcile_interval:
@@ -375,8 +374,6 @@ class Scheduler:
 
     def run(self, burst: bool = False) -> None:
         """Tick every ``interval`` seconds until stopped (or once, with ``burst``)."""
-        from .worker import reset_database_connections
-
         logger.info(
             "Scheduler %s: started (interval %ss, lock TTL %ss)", self.name, self.interval, self.lock_ttl
         )

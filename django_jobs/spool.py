@@ -2,9 +2,11 @@
 
 When the database is unreachable as a job starts or ends, the worker tries
 the write a few times, then appends the outcome to a Redis list and goes on
-with its next job. Workers (between jobs) and the scheduler loop write the
-list back to the database, oldest first, as soon as it answers again; one
+with its next job (see :func:`django_jobs.outcomes.record`). Workers (between
+jobs) and the scheduler loop write the list back to the database, oldest first,
+as soon as it answers again (:func:`django_jobs.outcomes.replay_spool`); one
 process at a time, under a short lock, so the order of a job's writes is kept.
+This module keeps the list; what an item means is :mod:`django_jobs.outcomes`'.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from datetime import datetime
 from typing import Any
 
 from django.db import DatabaseError, InterfaceError
-from django.utils.dateparse import parse_datetime
 from redis import Redis
 from redis.exceptions import RedisError
+
+from .db.connections import reset_database_connections
 
 logger = logging.getLogger("django_jobs.spool")
 
@@ -77,35 +80,14 @@ def job_ids(connection: Redis) -> set[str]:
     return found
 
 
-def apply(item: dict[str, Any]) -> None:
-    """Write one kept outcome to its row (and push the job if its retry is due now)."""
-    from . import records
-
-    step = item["step"]
-    at = parse_datetime(item["at"]) if item.get("at") else None
-    if step == "started":
-        records.mark_started_late(item["job_id"], item["worker_name"], at)
-    elif step == "finished":
-        records.mark_finished(item["job_id"], item.get("result"), at)
-    elif step == "failed":
-        from .worker import continue_after_failure
-
-        outcome = records.mark_attempt_failed(
-            item["job_id"],
-            item["error"],
-            error_types=item.get("error_types"),
-            stopped=bool(item.get("stopped")),
-            at=at,
-        )
-        continue_after_failure(item["job_id"], outcome)
-    elif step == "error":
-        records.mark_failed(item["job_id"], item["error"], item["status"])
-    else:
-        logger.error("Unknown step %r in the spool; dropped: %s", step, item)
-
-
-def drain(connection: Redis, limit: int = 10_000, lock_ttl: float = 30.0) -> int:
-    """Write spooled outcomes to the database, oldest first; return how many were written.
+def drain(
+    connection: Redis,
+    apply: Callable[[dict[str, Any]], Any],
+    limit: int = 10_000,
+    lock_ttl: float = 30.0,
+) -> int:
+    """Hand the kept outcomes to ``apply``, oldest first, each dropped once applied; return how
+    many were.
 
     Stops at the first database error (the rest waits for the next call).
     """
@@ -132,8 +114,6 @@ def drain(connection: Redis, limit: int = 10_000, lock_ttl: float = 30.0) -> int
                     logger.warning(
                         "Database still unavailable (%s); %d outcome(s) wait.", exc, pending(connection)
                     )
-                    from .worker import reset_database_connections
-
                     reset_database_connections()
                     break
             if pop_if(keys=[SPOOL_KEY, LOCK_KEY], args=[token, raw, ttl_ms]) == -1:

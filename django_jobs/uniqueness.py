@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.db import IntegrityError, transaction
 
+from . import records
 from .payload import to_jsonable
 
 if TYPE_CHECKING:
@@ -86,8 +87,6 @@ def create_or_find(create: Callable[[], Any], key: str, unique_for: float | None
     race to a concurrent enqueue (``IntegrityError``) leaves the caller's
     transaction usable; the winner is then looked up and returned.
     """
-    from . import records
-
     error: IntegrityError | None = None
     for _attempt in range(3):
         holder = records.unique_holder(key, unique_for, using)

@@ -17,7 +17,8 @@ from django.utils import timezone
 from rq.job import Job
 
 from django_jobs import get_queue, recovery
-from django_jobs.batching import CLAIMS_KEY, BatchWorker, claimed_key
+from django_jobs.claims import CLAIMS_KEY, claimed_key
+from django_jobs.worker import BatchWorker
 from django_jobs.models import JobRecord
 from django_jobs.queues import get_queues, resolve_serializer
 from tests.conftest import wait_for

@@ -52,7 +52,7 @@ def test_map_inserts_the_rows_with_one_statement() -> None:
 
 
 def test_many_rows_go_in_one_request_on_postgresql() -> None:
-    from django_jobs.records import PIPELINE_ABOVE
+    from django_jobs.db.statements import PIPELINE_ABOVE
 
     count = PIPELINE_ABOVE + 1
     with CaptureQueriesContext(connection) as queries:

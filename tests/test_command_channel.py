@@ -9,9 +9,8 @@ from typing import Any
 
 import pytest
 
-from django_jobs.batching import BatchWorker
 from django_jobs.queues import get_queues, resolve_serializer
-from django_jobs.worker import SimpleWorker, Worker
+from django_jobs.worker import BatchWorker, SimpleWorker, Worker
 
 
 @pytest.mark.parametrize("worker_class", [Worker, SimpleWorker, BatchWorker])

@@ -82,9 +82,9 @@ class SentinelProcess:
     def __init__(self, conf_path: str) -> None:
         import subprocess
 
-        from django_jobs.testing import _free_port, find_redis_server
+        from django_jobs.testing import find_redis_server, free_port
 
-        self.port = _free_port()
+        self.port = free_port()
         with open(conf_path, "a") as handle:
             handle.write(f"port {self.port}\nbind 127.0.0.1\n")
         self.process = subprocess.Popen(

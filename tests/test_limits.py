@@ -17,7 +17,7 @@ from django.db import connection, connections, transaction
 from django.utils import timezone
 from rq import Worker
 
-from django_jobs import get_queue, job, manager
+from django_jobs import actions, get_queue, job
 from django_jobs.models import JobRecord
 from tests.conftest import ROOT, child_pythonpath, terminate, wait_for
 from tests.testapp.jobs import (
@@ -171,7 +171,7 @@ def test_requeueing_an_old_unique_job_does_not_clash_with_the_new_one() -> None:
     JobRecord.objects.filter(pk=old.id).update(status="failed")  # as if it had failed
     new = unique_add.delay(9, 9)
     assert new != old
-    outcome = manager.requeue(JobRecord.objects.filter(pk=old.id))
+    outcome = actions.requeue(JobRecord.objects.filter(pk=old.id))
     assert outcome.done == 1
     assert {old.status, new.status} == {"queued"}
     assert unique_add.delay(9, 9) == new

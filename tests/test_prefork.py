@@ -157,7 +157,7 @@ def test_the_spare_gets_the_job_as_redis_holds_it() -> None:
     from rq.serializers import JSONSerializer
 
     from django_jobs.queues import get_connection
-    from django_jobs.worker import _stored_form
+    from django_jobs.worker.forking import _stored_form
 
     # The hand-over sends the worker's copy of the job instead of a second fetch: the same bytes.
     redis = get_connection("default")

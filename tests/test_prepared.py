@@ -13,6 +13,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from django_jobs import records
+from django_jobs.db import postgres, statements
 from django_jobs.models import JobRecord
 from tests.testapp.jobs import add
 
@@ -34,15 +35,15 @@ def prepared() -> dict[str, int]:
 
 def text(statement: tuple[str, list[object]]) -> str:
     """A statement of records as it is prepared (numbered placeholders)."""
-    return records._numbered(statement[0]).decode()
+    return postgres._numbered(statement[0]).decode()
 
 
 def start_text(job_id: str = "any") -> str:
-    return text(records.start_statement(job_id, "w", timezone.now(), alone=True))
+    return text(statements.start_statement(job_id, "w", timezone.now(), alone=True))
 
 
 def finish_text() -> str:
-    return text(records._finish_statement("any", None, timezone.now()))
+    return text(statements.finish_statement("any", None, timezone.now()))
 
 
 def row(job_id: str) -> tuple[str, int, str]:
@@ -130,7 +131,7 @@ def test_a_statement_deallocated_under_the_connection_is_prepared_again() -> Non
 def test_a_statement_the_session_holds_already_is_used_as_it_is() -> None:
     first, second = add.delay(1, 2), add.delay(3, 4)
     assert records.mark_started_by_id(first.id, "w-1")
-    records._prepared_on.clear()  # this process forgot; the session still has it
+    postgres._prepared_on.clear()  # this process forgot; the session still has it
     assert records.mark_started_by_id(second.id, "w-2")
     assert prepared()[start_text()] == 2
     assert row(second.id) == ("started", 1, "w-2")
@@ -139,7 +140,7 @@ def test_a_statement_the_session_holds_already_is_used_as_it_is() -> None:
 @pytest.mark.usefixtures("prepare_threshold")
 def test_a_write_inside_a_transaction_goes_through_django_and_is_not_prepared() -> None:
     handle = add.delay(1, 2)
-    records._prepared_on.clear()
+    postgres._prepared_on.clear()
     with connection.cursor() as cursor:
         cursor.execute("DEALLOCATE ALL")
     with transaction.atomic():

@@ -15,7 +15,7 @@ import pytest
 from django.test.utils import override_settings
 from django.utils import timezone
 
-from django_jobs import get_queue, recovery, spool
+from django_jobs import get_queue, outcomes, recovery, spool
 from django_jobs.models import JobRecord
 from django_jobs.testing import RedisServer
 from tests.conftest import terminate, wait_for
@@ -254,7 +254,7 @@ def test_a_job_whose_outcome_waits_in_redis_is_not_pushed_again(redis: Any) -> N
 
     assert recovery.reconcile() == []  # it ran: pushing it again would run it twice
     assert queue.count == 0
-    assert spool.drain(redis) == 2
+    assert outcomes.replay_spool(redis) == 2
     record = JobRecord.objects.get(pk=handle.id)
     assert (record.status, record.result, record.attempts) == ("finished", 5, 1)
 

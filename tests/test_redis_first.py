@@ -161,7 +161,7 @@ def test_rows_the_database_refused_are_kept_and_written_once_it_answers(caplog: 
 
 
 def test_a_start_written_back_from_the_spool_makes_the_missing_row(redis: Any) -> None:
-    from django_jobs import spool
+    from django_jobs import outcomes
 
     at = timezone.now().isoformat()
     with row_writer.lock:  # the rows are not written yet, as while the database was down
@@ -169,7 +169,7 @@ def test_a_start_written_back_from_the_spool_makes_the_missing_row(redis: Any) -
         gone = add.delay(5, 6)
         redis.delete(f"rq:job:{gone.id}")  # and Redis no longer has this one
         for job_id in (kept.id, gone.id):
-            spool.apply({"step": "started", "job_id": job_id, "worker_name": "w-late", "at": at})
+            outcomes.apply({"step": "started", "job_id": job_id, "worker_name": "w-late", "at": at})
         row = JobRecord.objects.get(pk=kept.id)  # made from the job in Redis, with its options
         assert (row.status, row.worker_name, row.attempts, row.args) == (
             "started",

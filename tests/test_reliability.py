@@ -11,7 +11,8 @@ from django.utils import timezone
 from rq import Retry
 
 from django_jobs import get_queue, job
-from django_jobs.enqueue import push
+from django_jobs.push import push
+from django_jobs.spec import JobSpec
 from django_jobs.models import JobRecord
 from django_jobs.records import create
 from django_jobs.retries import retry_delay, retry_policy
@@ -191,7 +192,7 @@ def _old_job(func_name: str, args: list[Any], kwargs: dict[str, Any], options: d
         options=options,
         using="default",
     )
-    assert push(job_id, func_name, "default", args, kwargs, options, "default")
+    assert push(JobSpec(job_id, func_name, "default", args, kwargs, options, "default"))
     return job_id
 
 

@@ -11,7 +11,8 @@ import pytest
 from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext, override_settings
 
-from django_jobs import enqueue, get_queue, records
+from django_jobs import get_queue, push_ahead, records
+from django_jobs.spec import JobSpec
 from django_jobs.models import JobRecord
 from django_jobs.pusher import flush
 from tests.test_redis_first import _closed_port
@@ -171,7 +172,8 @@ def test_a_row_a_worker_wrote_first_keeps_its_run_and_gets_the_enqueue_side() ->
     )
     sent = records.send_insert(using="default", **new_fields("sent-late", 7, 8))
     assert sent is not None
-    enqueue.push_first(new_fields("sent-late", 7, 8), (7, 8), {}, "default", sent=sent)
+    spec = JobSpec("sent-late", add.name, "default", [7, 8], {}, {"retry_max": 4}, "default")
+    push_ahead.push_first(spec, new_fields("sent-late", 7, 8), sent=sent)
     assert flush(timeout=60)
     row = JobRecord.objects.get(pk="sent-late")
     assert (row.status, row.attempts, row.worker_name) == ("started", 1, "w-first")

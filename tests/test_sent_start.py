@@ -119,7 +119,7 @@ def test_sending_the_start_does_not_wait_for_the_statement() -> None:
 
 @postgresql_only
 def test_a_connection_lost_before_the_answer_is_marked_broken_and_the_start_written_again() -> None:
-    from django_jobs.worker import reset_database_connections
+    from django_jobs.db.connections import reset_database_connections
 
     handle = add.delay(1, 2)
     job = rq_job(handle.id)

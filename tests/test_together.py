@@ -14,6 +14,7 @@ from rq import Queue
 from rq.job import Job
 
 from django_jobs import records
+from django_jobs.db import statements
 from django_jobs.models import JobRecord
 from django_jobs.queues import get_connection, resolve_serializer
 from tests.test_prepared import database_options, finish_text, prepared, row, text
@@ -38,7 +39,7 @@ def transaction_of(job_id: str) -> str:
 
 def pair_start_text() -> str:
     # The start sent with an end is not a transaction of its own: it keeps the ordinary commit.
-    return text(records.start_statement("any", "w", timezone.now(), alone=False))
+    return text(statements.start_statement("any", "w", timezone.now(), alone=False))
 
 
 def end_then_start(first: str, second: str, worker: str = "w-pair") -> None:
@@ -58,13 +59,13 @@ def test_the_end_and_the_next_start_commit_in_one_transaction(
     assert records.mark_started_by_id(first.id, "w-pair")
     before = transaction_of(first.id)
     answers: list[list[int] | None] = []
-    run_together = records._run_together
+    run_together = records.run_together
 
     def seen(*args: Any) -> list[int] | None:
         answers.append(run_together(*args))
         return answers[-1]
 
-    monkeypatch.setattr(records, "_run_together", seen)
+    monkeypatch.setattr(records, "run_together", seen)
 
     end_then_start(first.id, second.id)
 

@@ -12,7 +12,7 @@ import pytest
 from django.db import connection
 
 from django_jobs import JobFailed, JobWaitTimeout, get_queue
-from django_jobs.enqueue import push
+from django_jobs.push import push
 from django_jobs.models import JobRecord
 from django_jobs.records import create
 from django_jobs.testing import run_burst

@@ -9,7 +9,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 from redis.exceptions import RedisError
 
-from django_jobs import recovery, spool
+from django_jobs import outcomes, recovery
 from django_jobs.conf import conf
 from django_jobs.queues import get_connection
 
@@ -42,9 +42,11 @@ class Command(BaseCommand):
             raise CommandError(f"Cannot reach Redis ({exc}). Check RQ_QUEUES and that it runs.") from None
         try:
             if dry_run:
-                self.stdout.write(f"{spool.pending(connection)} outcome(s) kept in Redis would be written.")
+                self.stdout.write(
+                    f"{outcomes.pending(connection)} outcome(s) kept in Redis would be written."
+                )
             else:
-                self.stdout.write(f"Wrote {spool.drain(connection)} outcome(s) kept in Redis.")
+                self.stdout.write(f"Wrote {outcomes.replay_spool(connection)} outcome(s) kept in Redis.")
             pushed = recovery.push_pending(dry_run=dry_run) + recovery.reconcile(dry_run=dry_run)
             self.stdout.write(f"{'Would push' if dry_run else 'Pushed'} {len(pushed)} job(s) again.")
             watch = recovery.OrphanWatch(grace=grace)

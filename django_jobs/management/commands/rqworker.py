@@ -16,10 +16,9 @@ from django.db import connections
 from django.utils.module_loading import import_string
 from redis.exceptions import RedisError
 
-from django_jobs.batching import BATCH_SIZE, BatchWorker
 from django_jobs.conf import conf
 from django_jobs.queues import UnknownQueueError, get_queues, resolve_serializer
-from django_jobs.worker import WORKER_CLASS_ALIASES, RecordingWorkerMixin
+from django_jobs.worker import BATCH_SIZE, WORKER_CLASS_ALIASES, BatchWorker, RecordingWorkerMixin
 
 logger = logging.getLogger("django_jobs.worker")
 

@@ -1,4 +1,9 @@
-"""Actions on many jobs at once (the admin's requeue, cancel, stop and delete), in batches."""
+"""Actions on many jobs at once (the admin's requeue, cancel, stop and delete), in batches.
+
+Which rows an action takes comes from ``status.TRANSITIONS``: a job is requeued only
+from a final status the "requeue" transition starts from, canceled only from one
+"cancel" starts from, and asked to stop only while it is started.
+"""
 
 from __future__ import annotations
 
@@ -17,21 +22,26 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job
 
 from . import records
-from .enqueue import forget_push, push
-from .models import JobRecord, JobStatus
+from .models import JobRecord
+from .push import forget_push, push
 from .queues import get_queue
+from .spec import JobSpec
+from .status import FINAL_STATUSES, JobStatus, sources
 
-logger = logging.getLogger("django_jobs.manager")
+logger = logging.getLogger("django_jobs.actions")
 
 BATCH_SIZE = 1000
 
-REQUEUEABLE = (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED)
-CANCELABLE = (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED)
-STOPPABLE = (JobStatus.STARTED,)
+#: Final statuses a job can be run again from (the admin's requeue).
+REQUEUEABLE = tuple(status for status in sources("requeue") if status in FINAL_STATUSES)
+#: Statuses a job can be canceled in: it has not started.
+CANCELABLE = tuple(sources("cancel"))
+#: Only a running job can be asked to stop; its worker then ends its attempt "stopped".
+STOPPABLE = (JobStatus.STARTED.value,)
 
 
 @dataclass
-class Outcome:
+class ActionResult:
     """What an action did: how many rows, and why the others were skipped."""
 
     verb: str
@@ -59,7 +69,9 @@ def _batches(queryset: QuerySet[JobRecord]) -> Iterator[list[dict[str, Any]]]:
         last = batch[-1]["pk"]
 
 
-def _split(batch: list[dict[str, Any]], allowed: tuple[str, ...], outcome: Outcome) -> list[dict[str, Any]]:
+def _split(
+    batch: list[dict[str, Any]], allowed: tuple[str, ...], outcome: ActionResult
+) -> list[dict[str, Any]]:
     chosen = []
     for row in batch:
         if row["status"] in allowed:
@@ -78,9 +90,9 @@ def _fetch(queue_name: str, job_id: str) -> Job | None:
     return job
 
 
-def requeue(queryset: QuerySet[JobRecord]) -> Outcome:
+def requeue(queryset: QuerySet[JobRecord]) -> ActionResult:
     """Run failed, stopped or canceled jobs again: a new attempt of the same rows, earlier errors kept."""
-    outcome = Outcome("requeued")
+    outcome = ActionResult("requeued")
     using = records.db_alias()
     for batch in _batches(queryset):
         rows = _split(batch, REQUEUEABLE, outcome)
@@ -92,14 +104,14 @@ def requeue(queryset: QuerySet[JobRecord]) -> Outcome:
             # The push below is what matters; it marks the row if Redis is away.
             with contextlib.suppress(RedisError, ValueError):
                 get_queue(row["queue"]).failed_job_registry.remove(row["pk"])
-            push(row["pk"], row["func_name"], row["queue"], row["args"], row["kwargs"], row["options"], using)
+            push(JobSpec.from_row(row, using))
         outcome.done += len(rows)
     return outcome
 
 
-def cancel(queryset: QuerySet[JobRecord]) -> Outcome:
+def cancel(queryset: QuerySet[JobRecord]) -> ActionResult:
     """Cancel jobs that have not started: they leave Redis and end ``canceled``."""
-    outcome = Outcome("canceled")
+    outcome = ActionResult("canceled")
     for batch in _batches(queryset):
         rows = _split(batch, CANCELABLE, outcome)
         for row in rows:
@@ -114,9 +126,9 @@ def cancel(queryset: QuerySet[JobRecord]) -> Outcome:
     return outcome
 
 
-def stop(queryset: QuerySet[JobRecord]) -> Outcome:
+def stop(queryset: QuerySet[JobRecord]) -> ActionResult:
     """Ask the workers running these jobs to stop them (they end ``stopped``)."""
-    outcome = Outcome("asked to stop")
+    outcome = ActionResult("asked to stop")
     for batch in _batches(queryset):
         for row in _split(batch, STOPPABLE, outcome):
             try:
@@ -128,9 +140,9 @@ def stop(queryset: QuerySet[JobRecord]) -> Outcome:
     return outcome
 
 
-def delete(queryset: QuerySet[JobRecord]) -> Outcome:
+def delete(queryset: QuerySet[JobRecord]) -> ActionResult:
     """Delete rows (and their RQ jobs); running jobs are left alone."""
-    outcome = Outcome("deleted")
+    outcome = ActionResult("deleted")
     for batch in _batches(queryset):
         rows = [row for row in batch if row["status"] != JobStatus.STARTED]
         outcome.skipped["because they were running"] += len(batch) - len(rows)

@@ -1,4 +1,4 @@
-"""The admin for jobs: listing, filters, search, read-only detail, actions, dashboard."""
+"""The admin of job rows: listing, filters, search, read-only detail, and bulk actions."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.admin.views.main import ChangeList
@@ -21,11 +20,12 @@ from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext_lazy as _
 
-from . import manager
-from .conf import conf
-from .models import Dashboard, JobRecord, JobStatus, PeriodicJob
-from .progress import progress_of
-from .redaction import redact_arguments
+from .. import actions, dashboard
+from ..conf import conf
+from ..models import JobRecord, JobStatus
+from ..progress import progress_of
+from ..redaction import redact_arguments
+from ..registry import registry
 
 if TYPE_CHECKING:
     from django.utils.functional import _StrOrPromise as StrOrPromise
@@ -105,8 +105,6 @@ class FunctionFilter(FieldFilter):
     parameter_name = "func_name"
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        from .decorators import registry
-
         return [(name, name) for name in sorted(registry)]
 
 
@@ -136,10 +134,10 @@ def progress_bar(meta: dict[str, Any] | None) -> str:
 
 def confirmed_action(
     name: str, description: StrOrPromise, permission: str
-) -> Callable[[Callable[[QuerySet[JobRecord]], manager.Outcome]], Any]:
+) -> Callable[[Callable[[QuerySet[JobRecord]], actions.ActionResult]], Any]:
     """Make an admin action that asks for confirmation (showing the count), then runs in batches."""
 
-    def decorate(operation: Callable[[QuerySet[JobRecord]], manager.Outcome]) -> Any:
+    def decorate(operation: Callable[[QuerySet[JobRecord]], actions.ActionResult]) -> Any:
         def action(modeladmin: JobRecordAdmin, request: HttpRequest, queryset: QuerySet[JobRecord]) -> Any:
             if request.POST.get("confirm") != "yes":
                 context = {
@@ -165,13 +163,13 @@ def confirmed_action(
 
 
 requeue_jobs = confirmed_action("requeue_jobs", _("Requeue failed, stopped or canceled jobs"), "requeue")(
-    manager.requeue
+    actions.requeue
 )
 cancel_jobs = confirmed_action("cancel_jobs", _("Cancel queued, scheduled or deferred jobs"), "cancel")(
-    manager.cancel
+    actions.cancel
 )
-stop_jobs = confirmed_action("stop_jobs", _("Stop running jobs"), "stop")(manager.stop)
-delete_jobs = confirmed_action("delete_jobs", _("Delete job records"), "delete")(manager.delete)
+stop_jobs = confirmed_action("stop_jobs", _("Stop running jobs"), "stop")(actions.stop)
+delete_jobs = confirmed_action("delete_jobs", _("Delete job records"), "delete")(actions.delete)
 
 
 @admin.register(JobRecord)
@@ -262,10 +260,10 @@ class JobRecordAdmin(ModelAdmin):
 
     def delete_model(self, request: HttpRequest, obj: JobRecord) -> None:
         # The job page's Delete button: the same as the action (its RQ job goes too).
-        manager.delete(JobRecord.objects.filter(pk=obj.pk))
+        actions.delete(JobRecord.objects.filter(pk=obj.pk))
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[JobRecord]) -> None:
-        manager.delete(queryset)
+        actions.delete(queryset)
 
     def get_actions(self, request: HttpRequest) -> dict[str, Any]:
         actions = super().get_actions(request)
@@ -277,8 +275,6 @@ class JobRecordAdmin(ModelAdmin):
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[JobRecord], search_term: str
     ) -> tuple[QuerySet[JobRecord], bool]:
-        from .decorators import registry
-
         term = search_term.strip()
         if not term:
             return queryset, False
@@ -382,8 +378,6 @@ class JobRecordAdmin(ModelAdmin):
         return custom + super().get_urls()
 
     def dashboard_view(self, request: HttpRequest) -> HttpResponse:
-        from . import dashboard
-
         if not self.has_view_permission(request):
             raise PermissionDenied
         if request.method == "POST":
@@ -409,167 +403,3 @@ class JobRecordAdmin(ModelAdmin):
             **dashboard.snapshot(),
         }
         return TemplateResponse(request, "admin/django_jobs/dashboard.html", context)
-
-
-@admin.register(Dashboard)
-class DashboardAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
-    """The admin index's "Dashboard" entry: it opens the jobs dashboard."""
-
-    def _job_admin(self) -> JobRecordAdmin:
-        job_admin = self.admin_site.get_model_admin(JobRecord)
-        assert isinstance(job_admin, JobRecordAdmin)
-        return job_admin
-
-    def get_urls(self) -> list[URLPattern]:
-        # Only the index entry: no change or history pages that would show job data.
-        view = self.admin_site.admin_view(self.changelist_view)
-        return [path("", view, name="django_jobs_dashboard_changelist")]
-
-    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return self._job_admin().has_view_permission(request)
-
-    def has_module_permission(self, request: HttpRequest) -> bool:
-        return self._job_admin().has_module_permission(request)
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> HttpResponse:
-        if not self.has_view_permission(request):
-            raise PermissionDenied
-        return HttpResponseRedirect(reverse("admin:django_jobs_dashboard"))
-
-
-class PeriodicJobForm(forms.ModelForm):  # type: ignore[type-arg]
-    """Checks the function against the project's @job functions and the schedule with croniter."""
-
-    class Meta:
-        model = PeriodicJob
-        fields = [
-            "name",
-            "func_name",
-            "args",
-            "kwargs",
-            "queue",
-            "cron",
-            "interval",
-            "timezone",
-            "missed_runs",
-            "enabled",
-        ]
-
-    def clean_func_name(self) -> str:
-        from .decorators import registry
-
-        value = str(self.cleaned_data["func_name"]).strip()
-        if value not in registry:
-            known = ", ".join(sorted(registry)) or "none found"
-            raise forms.ValidationError(
-                f"{value!r} is not a @job function of this project. Known jobs: {known}.", code="unknown_job"
-            )
-        return value
-
-    def clean_queue(self) -> str:
-        value = str(self.cleaned_data.get("queue") or "").strip()
-        if value and value not in conf.queues:
-            raise forms.ValidationError(
-                f"Unknown queue {value!r}. Configured queues: {', '.join(conf.queues)} (or leave it blank "
-                "for the job's own queue).",
-                code="unknown_queue",
-            )
-        return value
-
-
-@admin.register(PeriodicJob)
-class PeriodicJobAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
-    form = PeriodicJobForm
-    list_display = (
-        "name",
-        "func_name",
-        "schedule",
-        "enabled",
-        "next_run_at",
-        "last_run_link",
-        "total_runs",
-        "source",
-        "drift_display",
-    )
-    list_filter = ("enabled", "source")
-    search_fields = ("name", "func_name")
-    readonly_fields = ("next_run_at", "last_run_link", "total_runs", "source", "drift_display", "updated_at")
-    actions = ["enable", "disable", "run_now"]
-
-    @admin.display(description=_("schedule"))
-    def schedule(self, obj: PeriodicJob) -> str:
-        zone = f" ({obj.timezone})" if obj.timezone else ""
-        return f"cron {obj.cron}{zone}" if obj.cron else f"every {obj.interval} s"
-
-    @admin.display(description=_("last run"))
-    def last_run_link(self, obj: PeriodicJob) -> str:
-        if not obj.last_run_id:
-            return "-"
-        url = reverse("admin:django_jobs_jobrecord_change", args=[obj.last_run_id])
-        return format_html("<a href='{}'>{}</a>", url, obj.last_run_at or obj.last_run_id)
-
-    @admin.display(description=_("differs from code"))
-    def drift_display(self, obj: PeriodicJob) -> str:
-        return ", ".join(obj.drift) or "-"
-
-    def save_model(self, request: HttpRequest, obj: PeriodicJob, form: Any, change: bool) -> None:
-        from django.utils import timezone as tz
-
-        from .schedules import next_run
-
-        schedule_changed = not change or {"cron", "interval", "timezone", "enabled"} & set(form.changed_data)
-        if schedule_changed and obj.enabled:
-            obj.next_run_at = next_run(obj.cron, obj.interval, obj.timezone, tz.now())
-        super().save_model(request, obj, form, change)
-
-    @admin.action(description=_("Enable selected schedules"), permissions=["change"])
-    def enable(self, request: HttpRequest, queryset: QuerySet[PeriodicJob]) -> None:
-        from django.utils import timezone as tz
-
-        from .schedules import next_run
-
-        count = 0
-        for periodic in queryset.filter(enabled=False):
-            periodic.enabled = True
-            periodic.next_run_at = next_run(periodic.cron, periodic.interval, periodic.timezone, tz.now())
-            periodic.save(update_fields=["enabled", "next_run_at", "updated_at"])
-            count += 1
-        self.message_user(request, f"{count} schedule(s) enabled.", messages.SUCCESS)
-
-    @admin.action(description=_("Disable selected schedules"), permissions=["change"])
-    def disable(self, request: HttpRequest, queryset: QuerySet[PeriodicJob]) -> None:
-        count = queryset.filter(enabled=True).update(enabled=False)
-        self.message_user(request, f"{count} schedule(s) disabled.", messages.SUCCESS)
-
-    @admin.action(description=_("Run now (the schedule is not shifted)"), permissions=["change"])
-    def run_now(self, request: HttpRequest, queryset: QuerySet[PeriodicJob]) -> None:
-        from django.db.models import F
-        from django.utils import timezone as tz
-
-        from .scheduler import start_run
-
-        started = []
-        for periodic in queryset:
-            record = start_run(periodic)
-            if record is None:
-                self.message_user(
-                    request,
-                    f"{periodic.name}: {periodic.func_name!r} is not a @job function.",
-                    messages.ERROR,
-                )
-                continue
-            PeriodicJob.objects.filter(pk=periodic.pk).update(
-                last_run=record, last_run_at=tz.now(), total_runs=F("total_runs") + 1
-            )
-            started.append(periodic.name)
-        if started:
-            self.message_user(request, f"Started a run of: {', '.join(started)}.", messages.SUCCESS)
