@@ -13,6 +13,7 @@ from django.db import connection
 
 from django_jobs import JobFailed, JobWaitTimeout, get_queue
 from django_jobs.push import push
+from django_jobs.spec import JobSpec
 from django_jobs.models import JobRecord
 from django_jobs.records import create
 from django_jobs.testing import run_burst
@@ -107,7 +108,7 @@ def test_missing_function_fails_clearly_and_the_worker_goes_on(manage: Any) -> N
         options={},
         using="default",
     )
-    push("gone-function", "tests.testapp.jobs.renamed_long_ago", "default", [1], {}, {}, "default")
+    push(JobSpec("gone-function", "tests.testapp.jobs.renamed_long_ago", "default", [1], {}, {}, "default"))
     create(
         job_id="gone-module",
         func_name="tests.no_such_module.job",
@@ -118,7 +119,7 @@ def test_missing_function_fails_clearly_and_the_worker_goes_on(manage: Any) -> N
         options={},
         using="default",
     )
-    push("gone-module", "tests.no_such_module.job", "default", [], {}, {}, "default")
+    push(JobSpec("gone-module", "tests.no_such_module.job", "default", [], {}, {}, "default"))
     after = add.delay(1, 2)
     result = manage("rqworker", "default", "--burst")
     assert result.returncode == 0, result.stderr
