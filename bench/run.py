@@ -832,8 +832,8 @@ class Bench:
         from rq.serializers import JSONSerializer
 
         from django_jobs import worker as jobs_worker
-        from django_jobs.worker import BatchWorker
         from django_jobs.queues import resolve_serializer
+        from django_jobs.worker import BatchWorker
 
         queue = self.queue(system)
         if system == "jobs":

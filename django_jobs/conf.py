@@ -129,14 +129,15 @@ def retention_problems(value: Any) -> list[str]:
         if status not in RETENTION_STATUSES:
             if status in JobStatus.values:
                 found.append(
-                    f"{RETENTION_SETTING} has the status {status!r}, whose rows are never pruned: only rows of jobs "
-                    f"that ended ({', '.join(RETENTION_STATUSES)}) are. Remove that key."
+                    f"{RETENTION_SETTING} has the status {status!r}, whose rows are never pruned: "
+                    f"only rows of jobs that ended ({', '.join(RETENTION_STATUSES)}) are. Remove that key."
                 )
             else:
                 close = difflib.get_close_matches(str(status), RETENTION_STATUSES, n=1)
                 hint = f"did you mean {close[0]!r}? " if close else ""
                 found.append(
-                    f"{RETENTION_SETTING} has an unknown status {status!r}: {hint}Use {', '.join(RETENTION_STATUSES)}."
+                    f"{RETENTION_SETTING} has an unknown status {status!r}: {hint}"
+                    f"Use {', '.join(RETENTION_STATUSES)}."
                 )
         elif not _valid_duration(keep):
             found.append(

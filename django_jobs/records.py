@@ -86,11 +86,8 @@ logger = logging.getLogger("django_jobs.records")
 def _rows(transition: str, *job_ids: str, using: str | None = None) -> Any:
     """The rows of ``job_ids`` that ``transition`` may change (see ``status.TRANSITIONS``)."""
     rows = JobRecord.objects.using(using or db_alias())
-    if len(job_ids) == 1:
-        rows = rows.filter(pk=job_ids[0])
-    else:
-        rows = rows.filter(pk__in=job_ids)
-    return rows.filter(**status_filter(transition))
+    by_key = {"pk": job_ids[0]} if len(job_ids) == 1 else {"pk__in": job_ids}
+    return rows.filter(**by_key, **status_filter(transition))
 
 
 def add_dependencies(job_id: str, depends_on: list[str], using: str) -> None:
@@ -292,8 +289,8 @@ def mark_finished_then_started(
 
     On PostgreSQL the two ``UPDATE`` statements travel in one request and commit together: one
     round trip where two autocommit statements take two, and a transaction block three. Outside
-    a transaction they go in one libpq pipeline (see :func:`~django_jobs.db.postgres.run_together`), as prepared
-    statements where the database's ``OPTIONS`` allow them; inside one, or where Django would do
+    a transaction they go in one libpq pipeline (:func:`~django_jobs.db.postgres.run_together`),
+    as prepared statements where the database's ``OPTIONS`` allow them; inside one, or where Django would do
     more than run them (a query log, an execute wrapper), as one two-statement query through
     Django's cursor (with Django's default client-side parameter binding). Elsewhere they share a
     transaction.

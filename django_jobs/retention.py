@@ -29,12 +29,14 @@ from django.db.models import Exists, Min, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from . import records
-from .conf import RETENTION_STATUSES as STATUSES
-from .conf import conf
+from .conf import RETENTION_STATUSES, conf
 from .models import JobDependency, JobRecord
 
 #: The most rows one batch (one transaction) deletes.
 MAX_BATCH_SIZE = 10_000
+
+#: The statuses whose rows can be pruned, in the order they are pruned.
+STATUSES = RETENTION_STATUSES
 
 #: ``on_batch(status, rows deleted, seconds the delete transaction took)``.
 BatchCallback = Callable[[str, int, float], None]

@@ -12,9 +12,9 @@ from django.contrib.auth.models import Permission, User
 from django.test import Client
 
 from django_jobs import get_queue, pauses
+from django_jobs.models import JobRecord
 from django_jobs.push import push
 from django_jobs.spec import JobSpec
-from django_jobs.models import JobRecord
 
 pytestmark = pytest.mark.django_db
 
@@ -31,6 +31,8 @@ PERMISSION = {
     "delete_jobs": "delete_jobrecord",
     "pause": "pause_queue",
 }
+
+ADD = "tests.testapp.jobs.add"
 
 
 # -- users ---------------------------------------------------------------------------------
@@ -81,9 +83,11 @@ class Jobs:
             )
             for status, job_id in self.ids.items()
         )
-        assert push(JobSpec(self.ids["queued"], "tests.testapp.jobs.add", "default", [1, 2], {}, {}, "default"))
+        assert push(
+            JobSpec(self.ids["queued"], "tests.testapp.jobs.add", "default", [1, 2], {}, {}, "default")
+        )
         # A job a worker is running: RQ knows which worker, so a stop request goes to that worker.
-        assert push(JobSpec(self.ids["started"], "tests.testapp.jobs.add", "high", [1, 2], {}, {}, "default"))
+        assert push(JobSpec(self.ids["started"], ADD, "high", [1, 2], {}, {}, "default"))
         redis.hset(f"rq:job:{self.ids['started']}", "worker_name", WORKER)
         self.pubsub = redis.pubsub()
         self.pubsub.subscribe(f"rq:pubsub:{WORKER}")

@@ -18,9 +18,9 @@ from rq.job import Job
 
 from django_jobs import get_queue, recovery
 from django_jobs.claims import CLAIMS_KEY, claimed_key
-from django_jobs.worker import BatchWorker
 from django_jobs.models import JobRecord
 from django_jobs.queues import get_queues, resolve_serializer
+from django_jobs.worker import BatchWorker
 from tests.conftest import wait_for
 from tests.test_worker import start_worker
 from tests.testapp.jobs import (

@@ -14,8 +14,8 @@ import pytest
 from django.test.utils import override_settings
 
 from django_jobs import JobFunction, UnknownQueueError, job
-from django_jobs.registry import registry
 from django_jobs.models import JobRecord
+from django_jobs.registry import registry
 from tests.conftest import ROOT
 from tests.testapp.jobs import add, echo, explode, flaky
 

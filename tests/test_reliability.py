@@ -11,11 +11,11 @@ from django.utils import timezone
 from rq import Retry
 
 from django_jobs import get_queue, job
-from django_jobs.push import push
-from django_jobs.spec import JobSpec
 from django_jobs.models import JobRecord
+from django_jobs.push import push
 from django_jobs.records import create
 from django_jobs.retries import retry_delay, retry_policy
+from django_jobs.spec import JobSpec
 from tests.testapp.jobs import (
     add,
     calls_os_exit,

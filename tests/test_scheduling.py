@@ -22,9 +22,9 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from django_jobs import get_queue
+from django_jobs.cron import next_cron_run, next_run, validate_schedule
 from django_jobs.models import JobRecord, MissedRunPolicy, PeriodicJob
 from django_jobs.scheduler import LEADER_KEY, promote_due, run_periodic, sync_schedules
-from django_jobs.cron import next_cron_run, next_run, validate_schedule
 from tests.conftest import ROOT, child_pythonpath, wait_for
 from tests.testapp.jobs import add, nightly_cleanup
 

@@ -12,9 +12,9 @@ from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext, override_settings
 
 from django_jobs import get_queue, push_ahead, records
-from django_jobs.spec import JobSpec
 from django_jobs.models import JobRecord
 from django_jobs.pusher import flush
+from django_jobs.spec import JobSpec
 from tests.test_redis_first import _closed_port
 from tests.test_sent_start import other_session, row_seen_elsewhere
 from tests.testapp.jobs import add, echo

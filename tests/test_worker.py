@@ -12,10 +12,10 @@ import pytest
 from django.db import connection
 
 from django_jobs import JobFailed, JobWaitTimeout, get_queue
-from django_jobs.push import push
-from django_jobs.spec import JobSpec
 from django_jobs.models import JobRecord
+from django_jobs.push import push
 from django_jobs.records import create
+from django_jobs.spec import JobSpec
 from django_jobs.testing import run_burst
 from tests.conftest import ROOT, child_pythonpath, wait_for
 from tests.testapp.jobs import add, count_rows, echo, explode, flaky, pid, returns_object, sleep_for

@@ -31,14 +31,16 @@ if TYPE_CHECKING:
     from django.utils.functional import _StrOrPromise as StrOrPromise
 
     ModelAdmin = admin.ModelAdmin[JobRecord]
-else:
+    RowPaginator = Paginator[dict[str, Any]]
+else:  # django-stubs makes these generic; Django's classes are not subscriptable at run time
     ModelAdmin = admin.ModelAdmin
+    RowPaginator = Paginator
 
 #: Above this many matching rows the listing says "10,000+" instead of counting them all.
 COUNT_CAP = 10_000
 
 
-class CappedCountPaginator(Paginator):  # type: ignore[type-arg]
+class CappedCountPaginator(RowPaginator):
     """Counts at most ``limit`` + 1 rows, so a page never costs a full COUNT(*) of a large table.
 
     The limit grows with the page asked for, so paging goes on past it.

@@ -13,16 +13,16 @@ from ..models import Dashboard, JobRecord
 from .jobs import JobRecordAdmin
 
 if TYPE_CHECKING:
-    ModelAdmin = admin.ModelAdmin[JobRecord]
-else:
-    ModelAdmin = admin.ModelAdmin
+    DashboardModelAdmin = admin.ModelAdmin[Dashboard]
+else:  # django-stubs makes it generic; Django's class is not subscriptable at run time
+    DashboardModelAdmin = admin.ModelAdmin
 
 #: Above this many matching rows the listing says "10,000+" instead of counting them all.
 COUNT_CAP = 10_000
 
 
 @admin.register(Dashboard)
-class DashboardAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class DashboardAdmin(DashboardModelAdmin):
     """The admin index's "Dashboard" entry: it opens the jobs dashboard."""
 
     def _job_admin(self) -> JobRecordAdmin:

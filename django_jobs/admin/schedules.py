@@ -15,20 +15,22 @@ from django.utils.translation import gettext_lazy as _
 
 from ..conf import conf
 from ..cron import next_run
-from ..models import JobRecord, PeriodicJob
+from ..models import PeriodicJob
 from ..registry import registry
 from ..scheduler import start_run
 
 if TYPE_CHECKING:
-    ModelAdmin = admin.ModelAdmin[JobRecord]
-else:
-    ModelAdmin = admin.ModelAdmin
+    PeriodicJobModelAdmin = admin.ModelAdmin[PeriodicJob]
+    PeriodicJobModelForm = forms.ModelForm[PeriodicJob]
+else:  # django-stubs makes these generic; Django's classes are not subscriptable at run time
+    PeriodicJobModelAdmin = admin.ModelAdmin
+    PeriodicJobModelForm = forms.ModelForm
 
 #: Above this many matching rows the listing says "10,000+" instead of counting them all.
 COUNT_CAP = 10_000
 
 
-class PeriodicJobForm(forms.ModelForm):  # type: ignore[type-arg]
+class PeriodicJobForm(PeriodicJobModelForm):
     """Checks the function against the project's @job functions and the schedule with croniter."""
 
     class Meta:
@@ -67,7 +69,7 @@ class PeriodicJobForm(forms.ModelForm):  # type: ignore[type-arg]
 
 
 @admin.register(PeriodicJob)
-class PeriodicJobAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class PeriodicJobAdmin(PeriodicJobModelAdmin):
     form = PeriodicJobForm
     list_display = (
         "name",

@@ -95,6 +95,8 @@ def jobs_date_hierarchy(cl: Any) -> dict[str, Any]:
 
 @register.tag(name="jobs_date_hierarchy")
 def jobs_date_hierarchy_tag(parser: Any, token: Any) -> InclusionAdminNode:
+    # django-stubs types InclusionAdminNode's __init__ without the func and template_name that
+    # Django's own admin tags pass to it.
     return InclusionAdminNode(  # type: ignore[call-arg]
         parser, token, func=jobs_date_hierarchy, template_name="date_hierarchy.html", takes_context=False
     )

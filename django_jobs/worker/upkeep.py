@@ -37,7 +37,10 @@ PUBSUB_WAIT = 0.2
 SPOOL_CHECK_INTERVAL = 5.0
 
 # Typed against RQ's Worker, which every class using this mixin also derives from.
-_Base = RQWorker if TYPE_CHECKING else object
+if TYPE_CHECKING:
+    _Base = RQWorker
+else:
+    _Base = object
 
 
 class UpkeepMixin(_Base):
@@ -109,7 +112,8 @@ class UpkeepMixin(_Base):
         )
         self.pubsub = self.connection.pubsub()
         self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
-        self.pubsub_thread = self.pubsub.run_in_thread(
+        # RQ's BaseWorker declares pubsub_thread as None (set in __init__); it holds this thread.
+        self.pubsub_thread = self.pubsub.run_in_thread(  # type: ignore[assignment]
             sleep_time=PUBSUB_WAIT,
             daemon=True,
             exception_handler=self._pubsub_exception_handler,
