@@ -98,7 +98,7 @@ def sources(transition: str) -> list[str]:
 def check_target(transition: str, status: str) -> None:
     """Raise ``ValueError`` if ``transition`` cannot leave a row in ``status``."""
     if status not in TRANSITIONS[transition].targets:
-        raise ValueError(f"The {transition!r} write cannot leave a job {status!r}.")
+        raise ValueError(f"The {transition!r} write cannot leave a job {str(status)!r}.")
 
 
 def status_filter(transition: str) -> dict[str, list[str]]:

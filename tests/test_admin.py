@@ -176,7 +176,7 @@ def test_listing_shows_the_columns_of_each_job(admin_client: Client) -> None:
     assert f"/admin/django_jobs/jobrecord/{ok.id}/change/" in finished["short_id"]
     assert strip_tags(finished["func_name"]) == "tests.testapp.jobs.add"
     assert strip_tags(finished["queue"]) == "default"
-    assert "class='dj-badge dj-finished'" in finished["status_badge"]
+    assert "class='dj-badge dj-finished dj-tone-good'" in finished["status_badge"]
     assert strip_tags(finished["status_badge"]) == "finished"
     assert strip_tags(finished["attempts"]) == "1"
     assert strip_tags(finished["enqueued_at"]) not in ("", "-")
@@ -186,11 +186,11 @@ def test_listing_shows_the_columns_of_each_job(admin_client: Client) -> None:
     assert strip_tags(finished["progress_display"]) == "-"
 
     failed = rows[bad.id[:12]]
-    assert "class='dj-badge dj-failed'" in failed["status_badge"]
+    assert "class='dj-badge dj-failed dj-tone-bad'" in failed["status_badge"]
     assert strip_tags(failed["queue"]) == "low"
 
     queued = rows[waiting.id[:12]]
-    assert "class='dj-badge dj-queued'" in queued["status_badge"]
+    assert "class='dj-badge dj-queued dj-tone-waiting'" in queued["status_badge"]
     assert strip_tags(queued["attempts"]) == "0"
     assert strip_tags(queued["started_at"]) == "-"
     assert strip_tags(queued["duration_display"]) == "-"
@@ -350,7 +350,7 @@ def test_detail_of_a_failed_job_shows_the_full_traceback(admin_client: Client) -
     assert text.startswith("Traceback (most recent call last)")
     assert 'tests/testapp/jobs.py", line' in text
     assert text.strip().endswith("ValueError: card declined")
-    assert "class='dj-badge dj-failed'" in content
+    assert "class='dj-badge dj-failed dj-tone-bad'" in content
 
 
 def test_detail_of_a_retried_job_shows_the_error_of_every_attempt(
@@ -363,7 +363,7 @@ def test_detail_of_a_retried_job_shows_the_error_of_every_attempt(
     attempts = re.findall(r"<summary>Attempt (\d+) · ([^<]+)</summary>", content)
     assert [number for number, _ in attempts] == ["1", "2"]
     assert "RuntimeError: attempt 1 fails" in content and "RuntimeError: attempt 2 fails" in content
-    assert "class='dj-badge dj-finished'" in content
+    assert "class='dj-badge dj-finished dj-tone-good'" in content
     assert "<pre class='dj-json'>&quot;ok after 3&quot;</pre>" in content
 
     marker.write_text("-5")  # now every attempt fails
@@ -406,7 +406,7 @@ def test_detail_links_the_jobs_it_waits_for_and_that_wait_for_it(admin_client: C
     content = detail(admin_client, first.id)
     assert f"<a href='{CHANGELIST}{second.id}/change/'>{second.id[:12]}</a>" in content
     assert f"<a href='{CHANGELIST}{third.id}/change/'>{third.id[:12]}</a>" in content
-    assert "class='dj-badge dj-deferred'" in detail(admin_client, second.id)
+    assert "class='dj-badge dj-deferred dj-tone-waiting'" in detail(admin_client, second.id)
 
 
 # -- progress -------------------------------------------------------------------------
@@ -525,7 +525,7 @@ def test_cancel_a_queued_job_removes_it_from_redis_and_it_never_runs(
     assert (record.status, record.attempts, record.started_at) == ("canceled", 0, None)
     assert JobRecord.objects.get(pk=other.id).status == "finished"
     row = next(r for r in listing(admin_client) if strip_tags(r["short_id"]) == handle.id[:12])
-    assert "class='dj-badge dj-canceled'" in row["status_badge"]
+    assert "class='dj-badge dj-canceled dj-tone-ended'" in row["status_badge"]
 
 
 def test_cancel_all_matching_the_filter(admin_client: Client) -> None:
@@ -553,7 +553,7 @@ def test_stop_a_running_job_from_the_admin(admin_client: Client) -> None:
         wait_for(lambda: handle.status == "stopped")
         record = JobRecord.objects.get(pk=handle.id)
         assert record.ended_at is not None and record.result is None
-        assert "class='dj-badge dj-stopped'" in detail(admin_client, handle.id)
+        assert "class='dj-badge dj-stopped dj-tone-ended'" in detail(admin_client, handle.id)
     finally:
         stop_worker(worker)
 
@@ -668,7 +668,9 @@ def redis_counts(content: str, name: str) -> dict[str, int]:
 
 
 def database_counts(content: str, name: str) -> dict[str, int]:
-    badges = re.findall(r'<span class="dj-badge dj-(\w+)">\w+ (\d+)</span>', queue_row(content, name))
+    badges = re.findall(
+        r'<span class="dj-badge dj-(\w+) dj-tone-\w+">\w+ (\d+)</span>', queue_row(content, name)
+    )
     return {status: int(count) for status, count in badges}
 
 

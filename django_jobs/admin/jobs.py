@@ -26,6 +26,7 @@ from ..models import JobRecord, JobStatus
 from ..progress import progress_of
 from ..redaction import redact_arguments
 from ..registry import registry
+from ..status import TONE
 
 if TYPE_CHECKING:
     from django.utils.functional import _StrOrPromise as StrOrPromise
@@ -298,7 +299,12 @@ class JobRecordAdmin(ModelAdmin):
 
     @admin.display(description=_("status"), ordering="status")
     def status_badge(self, obj: JobRecord) -> str:
-        return format_html("<span class='dj-badge dj-{}'>{}</span>", obj.status, obj.get_status_display())
+        return format_html(
+            "<span class='dj-badge dj-{} dj-tone-{}'>{}</span>",
+            obj.status,
+            TONE.get(obj.status, "unknown"),
+            obj.get_status_display(),
+        )
 
     @admin.display(description=_("duration"))
     def duration_display(self, obj: JobRecord) -> str:

@@ -13,7 +13,15 @@ from django.utils import formats, timezone
 from django.utils.text import capfirst
 from django.utils.translation import gettext as _
 
+from ..status import TONE
+
 register = template.Library()
+
+
+@register.filter
+def status_tone(status: str) -> str:
+    """The tone of a status's badge (its CSS class ``dj-tone-<tone>``), from ``status.TONE``."""
+    return TONE.get(status, "unknown")
 
 
 def jobs_date_hierarchy(cl: Any) -> dict[str, Any]:
