@@ -123,7 +123,7 @@ BULK_BATCH_SIZE = 1000
 
 
 #: On PostgreSQL, more rows than this go as one-row INSERTs in a pipeline (``executemany()``);
-#: fewer as one multi-row INSERT, which was faster for a few dozen rows here.
+#: fewer as one multi-row INSERT, the faster of the two for a few dozen rows.
 PIPELINE_ABOVE = 200
 
 

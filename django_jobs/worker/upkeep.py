@@ -99,11 +99,10 @@ class UpkeepMixin(_Base):
         """RQ's subscription to the worker's command channel, its listening thread waiting
         :data:`PUBSUB_WAIT` seconds at a time instead of RQ's 60.
 
-        On leaving, RQ unsubscribes, then stops that thread and waits up to a second for it. A
-        thread that reads the unsubscribe's confirmation before it is told to stop then waits
-        for a new subscription, as long as one wait, so RQ's join used to take the whole second,
-        and so did every ``--burst`` exit and warm shutdown that met it. Messages (a stop
-        request) still reach the thread as soon as they arrive.
+        On leaving, RQ unsubscribes, then stops that thread and waits up to a second for it; a
+        thread that read the unsubscribe's confirmation first sits out one whole wait, and the
+        ``--burst`` exit or warm shutdown with it. A short wait keeps that join short. Messages
+        (a stop request) still reach the thread as soon as they arrive.
         """
         self.log.info(
             "Worker %s: subscribing to channel %s",
