@@ -24,6 +24,7 @@ from datetime import datetime
 from typing import Any
 
 from django.db import DatabaseError, InterfaceError
+from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from redis import Redis
 from redis.exceptions import RedisError
@@ -132,6 +133,31 @@ def record(connection: Redis, step: str, job_id: str, fields: dict[str, Any], jo
     if step != STARTED:
         _spooled.discard(job_id)  # the job has no later writes
     return None
+
+
+def record_end_and_start(
+    connection: Redis,
+    ended: Job,
+    ended_fields: dict[str, Any],
+    starting: Job,
+    starting_fields: dict[str, Any],
+) -> None:
+    """A batch worker's end of one job and start of the next, as one write where the database
+    allows it (:func:`records.mark_finished_then_started <django_jobs.records.mark_finished_then_started>`);
+    else, or while a step of either job waits in the spool, as the two steps one after the other."""
+    if not is_spooled(ended.id) and not is_spooled(starting.id):
+        try:
+            records.mark_finished_then_started(
+                (ended.id, ended_fields.get("result"), _at(ended_fields["at"]) or timezone.now()),
+                starting,
+                starting_fields["worker_name"],
+                _at(starting_fields["at"]) or timezone.now(),
+            )
+            return
+        except (DatabaseError, InterfaceError):
+            pass  # one by one now, each with its retries and the spool
+    record(connection, FINISHED, ended.id, ended_fields, ended)
+    record(connection, STARTED, starting.id, starting_fields, starting)
 
 
 def is_spooled(job_id: str) -> bool:

@@ -38,7 +38,6 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from django.db import DatabaseError, InterfaceError
 from django.utils import timezone
 from redis.exceptions import RedisError
 from rq.executions import Execution
@@ -47,7 +46,7 @@ from rq.utils import now as rq_now
 from rq.utils import utcformat
 from rq.worker import WorkerStatus
 
-from .. import outcomes, records
+from .. import outcomes
 from ..claims import CLAIM_SCRIPT, CLAIMS_KEY, claimed_key, release_claims
 from .recording import row_result
 from .simple import SimpleWorker
@@ -187,17 +186,10 @@ class BatchWorker(SimpleWorker):
         # A job with a write kept in the spool (database outage) has its next ones queue up
         # behind it there, in order: outcomes.record() sees to that.
         # The only pair there is: one job's end, then the next job's start (see _start()).
-        job = self._starting
-        pair = [row[0] for row in rows] == [outcomes.FINISHED, outcomes.STARTED]
-        if job is not None and pair and not any(outcomes.is_spooled(row[1].id) for row in rows):
-            (_, ended_job, ended), (_, _, starting) = rows
-            try:
-                records.mark_finished_then_started(
-                    (ended_job.id, ended["result"], ended["at"]), job, starting["worker_name"], starting["at"]
-                )
-                return
-            except (DatabaseError, InterfaceError):
-                pass  # one by one now, each with its retries and the spool
+        if self._starting is not None and [row[0] for row in rows] == [outcomes.FINISHED, outcomes.STARTED]:
+            (_, ended, ended_fields), (_, starting, starting_fields) = rows
+            outcomes.record_end_and_start(self.connection, ended, ended_fields, starting, starting_fields)
+            return
         for step, row_job, fields in rows:
             outcomes.record(self.connection, step, row_job.id, fields, row_job)
 
