@@ -151,22 +151,21 @@ def test_a_stop_before_the_job_has_a_process_stops_it(worker_class: str) -> None
     assert record.attempts == 1
 
 
-def test_the_spare_gets_the_job_as_redis_holds_it() -> None:
+def test_a_job_enqueued_with_plain_rq_reaches_the_spare_whole() -> None:
     from rq import Queue, Retry
-    from rq.job import Job
     from rq.serializers import JSONSerializer
 
+    from django_jobs import get_job
     from django_jobs.queues import get_connection
-    from django_jobs.worker.forking import _stored_form
 
-    # The hand-over sends the worker's copy of the job instead of a second fetch: the same bytes.
-    redis = get_connection("default")
-    queue = Queue("plain", connection=redis, serializer=JSONSerializer)
-    parent = queue.enqueue("math.sqrt", 9)
+    # The worker hands the spare its own copy of the job rather than the spare fetching it:
+    # every option RQ stored must arrive as it is.
+    queue = Queue("default", connection=get_connection("default"), serializer=JSONSerializer)
+    parent = queue.enqueue("tests.testapp.jobs.add", 1, 2)
     rq_job = queue.enqueue(
-        "math.sqrt",
+        "tests.testapp.jobs.whole_view",
         4,
-        result_ttl=60,
+        result_ttl=600,
         ttl=300,
         failure_ttl=50,
         job_timeout=30,
@@ -175,10 +174,26 @@ def test_the_spare_gets_the_job_as_redis_holds_it() -> None:
         retry=Retry(max=2, interval=[1, 2]),
         depends_on=parent,
     )
-    handle = add.delay(1, 2)
-    for job_id in (rq_job.id, parent.id, handle.id):
-        fetched = Job.fetch(job_id, connection=redis, serializer=JSONSerializer)
-        assert _stored_form(fetched) == redis.hgetall(fetched.key)
+    worker = start_worker("default", "--name", "w-whole")
+    try:
+        spare_of(worker)
+        view = get_job(rq_job.id).wait(timeout=60)
+    finally:
+        code, output = stop_worker(worker)
+    assert code == 0, output
+    assert "could not be read" not in output  # taken as handed over, with no fetch
+    assert view == {
+        "args": [4],
+        "meta": {"a": 1.5},
+        "description": "d",
+        "timeout": 30,
+        "result_ttl": 600,
+        "ttl": 300,
+        "failure_ttl": 50,
+        "retries_left": 2,
+        "retry_intervals": [1, 2],
+        "dependency_ids": [parent.id],
+    }
 
 
 def test_a_job_run_by_the_spare_sees_its_own_data() -> None:

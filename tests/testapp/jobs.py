@@ -347,6 +347,27 @@ def seen_from_inside(value: int) -> dict[str, Any]:
     }
 
 
+def whole_view(value: int) -> dict[str, Any]:
+    """What the running job's RQ job says of the options it was enqueued with (for jobs enqueued
+    with plain RQ)."""
+    from rq import get_current_job
+
+    current = get_current_job()
+    assert current is not None
+    return {
+        "args": list(current.args),
+        "meta": current.meta,
+        "description": current.description,
+        "timeout": current.timeout,
+        "result_ttl": current.result_ttl,
+        "ttl": current.ttl,
+        "failure_ttl": current.failure_ttl,
+        "retries_left": current.retries_left,
+        "retry_intervals": current.retry_intervals,
+        "dependency_ids": current._dependency_ids,
+    }
+
+
 @job
 def enqueue_echo(value: Any) -> str:
     """Enqueue echo(value) from inside a job; return its id."""
