@@ -160,8 +160,8 @@ def _valid_duration(keep: Any) -> bool:
 def parse_retention(value: Any) -> dict[str, timedelta | None]:
     """``RETENTION`` as written → how long each final status is kept (None: forever).
 
-    Statuses the value leaves out keep their default; ``None`` instead of a
-    dict keeps every row forever. A malformed value raises
+    Statuses the value leaves out keep their default (forever, for a final status that
+    :data:`DEFAULTS` does not name); ``None`` instead of a dict keeps every row forever. A malformed value raises
     ``ImproperlyConfigured`` (check ``django_jobs.E008`` reports it earlier).
     """
     found = retention_problems(value)
@@ -170,7 +170,7 @@ def parse_retention(value: Any) -> dict[str, timedelta | None]:
     if value is None:
         return dict.fromkeys(RETENTION_STATUSES, None)
     merged = {**DEFAULTS["RETENTION"], **value}
-    return {status: _as_timedelta(merged[status]) for status in RETENTION_STATUSES}
+    return {status: _as_timedelta(merged.get(status)) for status in RETENTION_STATUSES}
 
 
 def _as_timedelta(keep: float | timedelta | None) -> timedelta | None:
