@@ -25,7 +25,7 @@ from django_jobs import get_queue
 from django_jobs.models import JobRecord
 from django_jobs.progress import set_progress
 from django_jobs.testing import run_burst
-from tests.test_worker import start_worker, stop_worker, wait_for
+from tests.processes import start_manage, stop, wait_for
 from tests.testapp.jobs import add, charge, crunch, echo, explode, flaky, sleep_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -545,7 +545,7 @@ def test_cancel_all_matching_the_filter(admin_client: Client) -> None:
 def test_stop_a_running_job_from_the_admin(admin_client: Client) -> None:
     handle = sleep_for.delay(60)
     waiting = make_rows(1, prefix="waiting", status="queued", queue="low")
-    worker = start_worker("default", "--name", "w-admin-stop")
+    worker = start_manage("rqworker", "default", "--name", "w-admin-stop")
     try:
         wait_for(lambda: handle.status == "started")
         _, after = run_action(admin_client, "stop_jobs", [handle.id, *waiting])
@@ -555,13 +555,13 @@ def test_stop_a_running_job_from_the_admin(admin_client: Client) -> None:
         assert record.ended_at is not None and record.result is None
         assert "class='dj-badge dj-stopped'" in detail(admin_client, handle.id)
     finally:
-        stop_worker(worker)
+        stop(worker)
 
 
 def test_stop_all_running_jobs_matching_the_filter(admin_client: Client) -> None:
     handle = sleep_for.delay(60)
     queued = add.delay(1, 1)
-    worker = start_worker("default", "--name", "w-admin-stop-filter")
+    worker = start_manage("rqworker", "default", "--name", "w-admin-stop-filter")
     try:
         wait_for(lambda: handle.status == "started")
         _, after = run_action(
@@ -571,7 +571,7 @@ def test_stop_all_running_jobs_matching_the_filter(admin_client: Client) -> None
         wait_for(lambda: handle.status == "stopped")
         assert queued.wait(timeout=60) == 2  # the worker goes on with the next job
     finally:
-        stop_worker(worker)
+        stop(worker)
 
 
 def test_delete_selected_rows_and_their_redis_jobs(admin_client: Client) -> None:
@@ -706,7 +706,7 @@ def test_dashboard_shows_redis_and_database_counts_per_queue(admin_client: Clien
 
 def test_dashboard_lists_running_workers_and_their_current_job(admin_client: Client) -> None:
     handle = sleep_for.delay(60)
-    worker = start_worker("default", "high", "--name", "w-dashboard")
+    worker = start_manage("rqworker", "default", "high", "--name", "w-dashboard")
     try:
         wait_for(lambda: handle.status == "started")
         content = page(admin_client.get(DASHBOARD))
@@ -721,14 +721,14 @@ def test_dashboard_lists_running_workers_and_their_current_job(admin_client: Cli
         handle.stop()
         wait_for(lambda: handle.status == "stopped")
     finally:
-        stop_worker(worker)
+        stop(worker)
     content = page(admin_client.get(DASHBOARD))
     assert "w-dashboard" not in content
     assert "No worker is running" in content
 
 
 def test_pause_and_resume_a_queue_from_the_dashboard(admin_client: Client) -> None:
-    worker = start_worker("default", "high", "--name", "w-pause")
+    worker = start_manage("rqworker", "default", "high", "--name", "w-pause")
     try:
         wait_for(lambda: "w-pause" in page(admin_client.get(DASHBOARD)))
         response = admin_client.post(DASHBOARD, {"queue": "default", "do": "pause"}, follow=True)
@@ -753,7 +753,7 @@ def test_pause_and_resume_a_queue_from_the_dashboard(admin_client: Client) -> No
         assert "dj-paused" not in queue_row(page(response), "default")
         assert held.wait(timeout=60) == 2
     finally:
-        stop_worker(worker)
+        stop(worker)
 
 
 def chart_bars(content: str, chart_id: str) -> dict[str, list[float]]:

@@ -20,8 +20,7 @@ from django_jobs import get_queue, recovery
 from django_jobs.batching import CLAIMS_KEY, BatchWorker, claimed_key
 from django_jobs.models import JobRecord
 from django_jobs.queues import get_queues, resolve_serializer
-from tests.conftest import wait_for
-from tests.test_worker import start_worker
+from tests.processes import start_manage, wait_for
 from tests.testapp.jobs import (
     add,
     cancels,
@@ -202,7 +201,8 @@ def test_paused_queue_gets_its_jobs_back(redis: Any, settings: Any) -> None:
 def test_jobs_of_a_dead_batch_worker_go_back_to_their_queue(redis: Any) -> None:
     killer = kills_own_worker.delay()
     handles = [note.delay("batch:dead", str(n)) for n in range(6)]
-    worker = start_worker(
+    worker = start_manage(
+        "rqworker",
         "default",
         "--worker-class",
         "batch",

@@ -13,7 +13,7 @@ from rq.job import Job
 
 from django_jobs import JobHandle, UnknownQueueError, get_queue
 from django_jobs.models import JobRecord
-from tests.conftest import run_manage
+from tests.processes import run_manage
 from tests.testapp.jobs import add, charge, echo, explode
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -16,7 +16,7 @@ from django.test.utils import override_settings
 from django_jobs import JobFunction, UnknownQueueError, job
 from django_jobs.decorators import registry
 from django_jobs.models import JobRecord
-from tests.conftest import ROOT
+from tests.processes import ROOT
 from tests.testapp.jobs import add, echo, explode, flaky
 
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import itertools
-import os
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -13,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.db import connection, connections, transaction
+from django.db import connections, transaction
 from django.utils import timezone
 from rq import Worker
 
 from django_jobs import get_queue, job, manager
 from django_jobs.models import JobRecord
-from tests.conftest import ROOT, child_pythonpath, terminate, wait_for
+from tests.processes import start_manage, terminate, wait_for
 from tests.testapp.jobs import (
     five_a_second,
     holds_the_slot,
@@ -38,31 +36,14 @@ def not_a_job(value: int) -> int:
     return value
 
 
-def start(command: str, *args: str, log: Path) -> subprocess.Popen[Any]:
-    """``manage.py <command>`` in the background, against the test database and Redis."""
-    env = dict(os.environ)
-    env.update(
-        DJANGO_SETTINGS_MODULE="tests.settings",
-        DJANGO_JOBS_TEST_DB_NAME=str(connection.settings_dict["NAME"]),
-        PYTHONPATH=child_pythonpath(),
-    )
-    with log.open("a") as output:  # a file, not a pipe: a chatty process never blocks on it
-        return subprocess.Popen(
-            [sys.executable, str(ROOT / "manage.py"), command, *args],
-            cwd=ROOT,
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-
-
 @pytest.fixture
 def processes(tmp_path: Path) -> Iterator[Any]:
     """Start workers and schedulers with ``processes(command, *args)``; all are stopped at the end."""
-    started: list[subprocess.Popen[Any]] = []
+    started: list[subprocess.Popen[str]] = []
 
-    def run(command: str, *args: str) -> subprocess.Popen[Any]:
-        process = start(command, *args, log=tmp_path / f"{command}-{len(started)}.log")
+    def run(command: str, *args: str) -> subprocess.Popen[str]:
+        # Output to a file, not a pipe: a chatty process never blocks on it.
+        process = start_manage(command, *args, output=tmp_path / f"{command}-{len(started)}.log")
         started.append(process)
         return process
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import redis.utils
 
-from tests.conftest import ROOT, run_manage
+from tests.processes import ROOT, run_manage
 
 
 def test_wheel_contains_migrations_commands_and_py_typed(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from django_jobs import get_queue
 from django_jobs.checks import check_options
 from django_jobs.models import JobRecord
 from django_jobs.pusher import flush
-from tests.conftest import run_manage
+from tests.processes import run_manage
 from tests.testapp.jobs import add, echo
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -18,16 +18,11 @@ from django.utils import timezone
 from django_jobs import get_queue, recovery, spool
 from django_jobs.models import JobRecord
 from django_jobs.testing import RedisServer
-from tests.conftest import terminate, wait_for
 from tests.faultkit import database_outage_for_worker, start
+from tests.processes import stop, terminate, wait_for
 from tests.testapp.jobs import add, hangs, hangs_first_time, sleep_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def output_of(process: subprocess.Popen[str]) -> str:
-    terminate(process)
-    return process.stdout.read() if process.stdout else ""
 
 
 def read_pid(path: Path) -> int:
@@ -64,7 +59,7 @@ def test_jobs_of_killed_workers_are_retried_or_failed(tmp_path: Path) -> None:
         for process in (forking, simple, survivor):
             if process is not None:
                 terminate(process)
-        log = output_of(scheduler)
+        log = stop(scheduler)[1]
 
     record = JobRecord.objects.get(pk=retried.id)
     assert (record.attempts, record.result, record.worker_name) == (2, "recovered", "survivor")
@@ -86,7 +81,7 @@ def test_a_live_worker_is_not_taken_for_dead(tmp_path: Path) -> None:
         wait_for(lambda: status(handle.id) == "finished")
     finally:
         terminate(worker)
-        output_of(scheduler)
+        terminate(scheduler)
     record = JobRecord.objects.get(pk=handle.id)
     assert (record.attempts, record.error_history) == (1, [])
 
@@ -179,7 +174,7 @@ def test_a_forking_worker_outlives_a_redis_outage_during_a_job() -> None:
             wait_for(lambda: status(handle.id) == "finished")
             assert worker.poll() is None  # still taking jobs
     finally:
-        log = output_of(worker) if worker is not None else ""
+        log = stop(worker)[1] if worker is not None else ""
         own.stop()
     assert "Heartbeat of worker beats-through failed (Redis unreachable)" in log
     record = JobRecord.objects.get(pk=handle.id)
@@ -232,7 +227,7 @@ def test_outcomes_survive_a_database_outage(worker_class: str) -> None:
             wait_for(lambda: status(first.id) == status(second.id) == "finished")
             assert worker.poll() is None
         finally:
-            log = output_of(worker)
+            log = stop(worker)[1]
     assert "keeping it in Redis until the database is back" in log
     assert JobRecord.objects.get(pk=first.id).result == 1
     record = JobRecord.objects.get(pk=second.id)

@@ -15,7 +15,7 @@ from django.utils import timezone
 from django_jobs import get_queue
 from django_jobs.models import JobRecord
 from django_jobs.pusher import flush, row_writer
-from tests.conftest import run_manage, wait_for
+from tests.processes import run_manage, wait_for
 from tests.testapp.jobs import add, echo, enqueue_echo, five_a_second, flaky, unique_add
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -16,7 +16,7 @@ from rq.job import Job
 from django_jobs import records
 from django_jobs.models import JobRecord
 from django_jobs.queues import get_connection, resolve_serializer
-from tests.conftest import run_manage, wait_for
+from tests.processes import run_manage, wait_for
 from tests.testapp.jobs import add
 
 pytestmark = pytest.mark.django_db(transaction=True)

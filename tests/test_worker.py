@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from typing import Any
 
 import pytest
@@ -16,38 +12,10 @@ from django_jobs.enqueue import push
 from django_jobs.models import JobRecord
 from django_jobs.records import create
 from django_jobs.testing import run_burst
-from tests.conftest import ROOT, child_pythonpath, wait_for
+from tests.processes import start_manage, stop, wait_for
 from tests.testapp.jobs import add, count_rows, echo, explode, flaky, pid, returns_object, sleep_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def start_worker(*args: str) -> subprocess.Popen[str]:
-    env = dict(os.environ)
-    env.update(
-        DJANGO_SETTINGS_MODULE="tests.settings",
-        DJANGO_JOBS_TEST_DB_NAME=str(connection.settings_dict["NAME"]),
-        PYTHONPATH=child_pythonpath(),
-    )
-    return subprocess.Popen(
-        [sys.executable, str(ROOT / "manage.py"), "rqworker", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def stop_worker(worker: subprocess.Popen[str]) -> tuple[int, str]:
-    """Warm-stop a worker (SIGTERM); kill it if it is still busy after a while. Return (code, output)."""
-    worker.send_signal(signal.SIGTERM)
-    try:
-        output = worker.communicate(timeout=30)[0]
-    except subprocess.TimeoutExpired:
-        worker.kill()
-        output = worker.communicate()[0]
-    return worker.returncode, output
 
 
 def test_forking_worker_records_start_and_finish(manage: Any) -> None:
@@ -169,7 +137,7 @@ def test_retries_exhausted_ends_failed_with_the_last_error(manage: Any, tmp_path
 
 def test_stop_a_started_job() -> None:
     handle = sleep_for.delay(60)
-    worker = start_worker("default", "--name", "w-stop")
+    worker = start_manage("rqworker", "default", "--name", "w-stop")
     try:
         wait_for(lambda: handle.status == "started")
         assert handle.stop() is True
@@ -180,7 +148,7 @@ def test_stop_a_started_job() -> None:
         after = add.delay(2, 2)  # the worker survives and goes on
         assert after.wait(timeout=60) == 4
     finally:
-        stop_worker(worker)
+        stop(worker)
 
 
 def test_cancel_a_queued_job(manage: Any) -> None:
@@ -195,12 +163,12 @@ def test_cancel_a_queued_job(manage: Any) -> None:
 
 
 def test_wait_returns_the_result_from_a_running_worker() -> None:
-    worker = start_worker("default", "high")
+    worker = start_manage("rqworker", "default", "high")
     try:
         assert add.delay(20, 22).wait(timeout=60) == 42
         assert echo.delay({"nested": [1, "two"]}).wait(timeout=60) == {"nested": [1, "two"]}
     finally:
-        assert stop_worker(worker)[0] == 0
+        assert stop(worker)[0] == 0
 
 
 def test_wait_times_out_without_a_worker() -> None:
@@ -255,11 +223,9 @@ def _kill_database_connections() -> None:
 @pytest.mark.parametrize("worker_class", ["fork", "simple"])
 def test_database_restart_between_jobs_causes_no_error(worker_class: str) -> None:
     # Persistent connections in the worker: the hardest case, a connection kept across jobs.
-    os.environ["DJANGO_JOBS_TEST_CONN_MAX_AGE"] = "600"
-    try:
-        worker = start_worker("default", "--worker-class", worker_class)
-    finally:
-        del os.environ["DJANGO_JOBS_TEST_CONN_MAX_AGE"]
+    worker = start_manage(
+        "rqworker", "default", "--worker-class", worker_class, env={"DJANGO_JOBS_TEST_CONN_MAX_AGE": "600"}
+    )
     try:
         assert add.delay(1, 1).wait(timeout=60) == 2
         _kill_database_connections()
@@ -267,7 +233,7 @@ def test_database_restart_between_jobs_causes_no_error(worker_class: str) -> Non
         assert second.wait(timeout=60) == 4
         assert JobRecord.objects.get(pk=second.id).attempts == 1
     finally:
-        output = stop_worker(worker)[1]
+        output = stop(worker)[1]
     assert "Could not record" not in output
     assert "Traceback" not in output
 
