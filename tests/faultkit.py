@@ -14,6 +14,7 @@ from typing import Any
 
 from django.db import connection
 
+from tests.ports import free_port
 from tests.processes import start_manage
 
 #: Fast failure detection for the processes a test starts (production: 10 s beats, 20 s grace).
@@ -55,9 +56,7 @@ class TcpProxy:
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port()
         self.sockets: list[socket.socket] = []
         self.lock = threading.Lock()
         self.listener: socket.socket | None = None

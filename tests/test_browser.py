@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from tests.ports import free_port
 from tests.processes import ROOT, run_manage, start_manage, terminate
-from tests.test_example_project import example_env, free_port, wait_for
+from tests.test_example_project import example_env, wait_for
 
 if TYPE_CHECKING:
     from playwright.sync_api import Locator, Page

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from django_jobs.testing import RedisServerError, find_redis_server
+from tests.ports import free_port
 from tests.processes import run_manage, start_manage, terminate
 
 STATUS_KEYS = {"id", "status", "result", "error", "attempts", "enqueued_at", "started_at", "ended_at"}
@@ -52,13 +53,6 @@ def example_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 def run_example(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return run_manage(*args, base_env=env)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_for(condition: Callable[[], Any], timeout: float, what: str, log: Callable[[], str] = str) -> Any:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
 from typing import Any
 
@@ -15,6 +14,7 @@ from django.utils import timezone
 from django_jobs import get_queue
 from django_jobs.models import JobRecord
 from django_jobs.pusher import flush, row_writer
+from tests.ports import closed_port
 from tests.processes import run_manage, wait_for
 from tests.testapp.jobs import add, echo, enqueue_echo, five_a_second, flaky, unique_add
 
@@ -80,14 +80,8 @@ def test_jobs_that_need_their_row_first_are_enqueued_as_before() -> None:
     assert get_queue("default").fetch_job(chosen.id).args == [1, 1]
 
 
-def _closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def test_redis_down_writes_the_row_at_once_marked_for_a_later_push(caplog: Any) -> None:
-    with override_settings(RQ_QUEUES={"default": {"URL": f"redis://127.0.0.1:{_closed_port()}/0"}}):
+    with override_settings(RQ_QUEUES={"default": {"URL": f"redis://127.0.0.1:{closed_port()}/0"}}):
         handle = add.delay(4, 4)
     assert row_writer.idle()
     row = JobRecord.objects.get(pk=handle.id)
