@@ -11,11 +11,14 @@ import datetime
 import html
 import json
 import re
-import time
+import threading
+import uuid
+from contextlib import suppress
 from html.parser import HTMLParser
 from typing import Any
 
 import pytest
+import redis as redis_py
 from django.test import Client
 from django.test.utils import override_settings
 from django.utils import timezone
@@ -23,6 +26,7 @@ from rq.job import Job
 
 from django_jobs import get_queue
 from django_jobs.models import JobRecord
+from django_jobs.pauses import PAUSED_KEY
 from django_jobs.progress import set_progress
 from django_jobs.testing import run_burst
 from tests.processes import start_manage, stop, wait_for
@@ -727,26 +731,73 @@ def test_dashboard_lists_running_workers_and_their_current_job(admin_client: Cli
     assert "No worker is running" in content
 
 
-def test_pause_and_resume_a_queue_from_the_dashboard(admin_client: Client) -> None:
+class RedisCommands:
+    """The commands Redis runs while this is open, in Redis's order, from its MONITOR feed."""
+
+    def __init__(self, url: str) -> None:
+        self.client = redis_py.Redis.from_url(url)  # a connection of its own for the feed
+        self.commands: list[str] = []
+
+    def __enter__(self) -> RedisCommands:
+        self.monitor = self.client.monitor().__enter__()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        return self
+
+    def _read(self) -> None:
+        with suppress(Exception):  # until __exit__ closes the connection
+            while True:
+                with suppress(redis_py.TimeoutError):
+                    self.commands.append(self.monitor.next_command()["command"])
+
+    def __exit__(self, *exc: object) -> None:
+        self.monitor.connection.disconnect()
+        self.reader.join(30)
+        self.monitor.__exit__()
+        self.client.close()
+
+    def mark(self) -> int:
+        """Send a command of this test's own; return the number of commands up to it."""
+        token = f"mark-{uuid.uuid4().hex}"
+        self.client.echo(token)
+        wait_for(lambda: f"ECHO {token}" in self.commands)
+        return self.commands.index(f"ECHO {token}") + 1
+
+    def count_since(self, position: int, command: str) -> int:
+        return self.commands[position:].count(command)
+
+
+#: What a worker sends to read the paused queues (nothing else sends it).
+READ_PAUSES = f"SMEMBERS {PAUSED_KEY}"
+
+
+def test_pause_and_resume_a_queue_from_the_dashboard(admin_client: Client, redis_url: str) -> None:
     worker = start_manage("rqworker", "default", "high", "--name", "w-pause")
     try:
         wait_for(lambda: "w-pause" in page(admin_client.get(DASHBOARD)))
-        response = admin_client.post(DASHBOARD, {"queue": "default", "do": "pause"}, follow=True)
-        content = page(response)
-        assert response.redirect_chain == [(DASHBOARD, 302)]
-        assert page_messages(content) == [
-            "Queue 'default' paused: workers take no new jobs from it until it is resumed."
-        ]
-        assert '<span class="dj-paused">paused</span>' in queue_row(content, "default")
-        assert 'value="resume"' in queue_row(content, "default")
-        assert "dj-paused" not in queue_row(content, "high")
-        time.sleep(5)  # more than twice PAUSE_CHECK_INTERVAL (2 s): the worker has seen the pause
+        with RedisCommands(redis_url) as redis_commands:
+            response = admin_client.post(DASHBOARD, {"queue": "default", "do": "pause"}, follow=True)
+            content = page(response)
+            assert response.redirect_chain == [(DASHBOARD, 302)]
+            assert page_messages(content) == [
+                "Queue 'default' paused: workers take no new jobs from it until it is resumed."
+            ]
+            assert '<span class="dj-paused">paused</span>' in queue_row(content, "default")
+            assert 'value="resume"' in queue_row(content, "default")
+            assert "dj-paused" not in queue_row(content, "high")
+            # The worker reads the paused queues every PAUSE_CHECK_INTERVAL (2 s): wait until it
+            # has read them since the pause.
+            paused_at = redis_commands.mark()
+            wait_for(lambda: redis_commands.count_since(paused_at, READ_PAUSES) >= 1)
 
-        held = add.delay(1, 1)
-        assert echo.delay("through").wait(timeout=60) == "through"
-        time.sleep(3)
-        assert held.status == "queued"
-        assert get_queue().get_job_ids() == [held.id]
+            held = add.delay(1, 1)  # its queue comes first in the worker's order
+            assert echo.delay("through").wait(timeout=60) == "through"
+            # The worker reads the pauses again and takes another job: still not the held one.
+            ran_at = redis_commands.mark()
+            wait_for(lambda: redis_commands.count_since(ran_at, READ_PAUSES) >= 1)
+            assert echo.delay("again").wait(timeout=60) == "again"
+            assert held.status == "queued"
+            assert get_queue().get_job_ids() == [held.id]
 
         response = admin_client.post(DASHBOARD, {"queue": "default", "do": "resume"}, follow=True)
         assert page_messages(page(response)) == ["Queue 'default' resumed."]

@@ -158,24 +158,30 @@ def test_redis_restarted_empty_loses_no_job(tmp_path: Path) -> None:
         own.stop()
 
 
-def test_a_forking_worker_outlives_a_redis_outage_during_a_job() -> None:
+def test_a_forking_worker_outlives_a_redis_outage_during_a_job(tmp_path: Path) -> None:
     own = RedisServer().start()
     queues = {name: {"URL": own.url} for name in ("default", "high", "low", "emails")}
+    log_path = tmp_path / "worker.log"
     worker = None
     try:
         with override_settings(RQ_QUEUES=queues):
             # Long enough that Redis is back before the job ends, on a loaded machine too.
             handle = sleep_for.delay(10)
-            worker = start("rqworker", "default", "--name", "beats-through", env={"REDIS_URL": own.url})
+            worker = start(
+                "rqworker", "default", "--name", "beats-through", env={"REDIS_URL": own.url}, output=log_path
+            )
             wait_for(lambda: status(handle.id) == "started")
             own.stop()
-            time.sleep(2.5)  # the worker's heartbeats (one a second) fail meanwhile
+            # Down until a heartbeat of the worker (one a second) has failed.
+            wait_for(lambda: "Heartbeat of worker beats-through failed" in log_path.read_text())
             own.start()
             wait_for(lambda: status(handle.id) == "finished")
             assert worker.poll() is None  # still taking jobs
     finally:
-        log = stop(worker)[1] if worker is not None else ""
+        if worker is not None:
+            terminate(worker)
         own.stop()
+    log = log_path.read_text()
     assert "Heartbeat of worker beats-through failed (Redis unreachable)" in log
     record = JobRecord.objects.get(pk=handle.id)
     assert (record.attempts, record.result) == (1, 10)
@@ -209,25 +215,35 @@ def test_rqreconcile_repairs_on_demand(manage: Any, redis: Any) -> None:
 
 
 @pytest.mark.parametrize("worker_class", ["fork", "batch"])
-def test_outcomes_survive_a_database_outage(worker_class: str) -> None:
+def test_outcomes_survive_a_database_outage(worker_class: str, tmp_path: Path) -> None:
+    log_path = tmp_path / "worker.log"
     with database_outage_for_worker() as (env, outage):
         first = sleep_for.delay(1)
         second = add.delay(2, 2)
         worker = start(
-            "rqworker", "default", "--name", "through-the-outage", "--worker-class", worker_class, env=env
+            "rqworker",
+            "default",
+            "--name",
+            "through-the-outage",
+            "--worker-class",
+            worker_class,
+            env=env,
+            output=log_path,
         )
         try:
             wait_for(lambda: status(first.id) == "started")
             with outage():
-                # Both jobs end while the database cannot be written; the worker lives on.
+                # Both jobs end while the database cannot be written; the worker lives on,
+                # trying the database again (after 1 s, then 2 s) while it is down.
                 queue = get_queue("default")
                 wait_for(lambda: queue.count == 0 and not queue.started_job_registry.count)
-                time.sleep(3)
+                wait_for(lambda: log_path.read_text().count("Database still unavailable") >= 2)
                 assert worker.poll() is None
             wait_for(lambda: status(first.id) == status(second.id) == "finished")
             assert worker.poll() is None
         finally:
-            log = stop(worker)[1]
+            terminate(worker)
+    log = log_path.read_text()
     assert "keeping it in Redis until the database is back" in log
     assert JobRecord.objects.get(pk=first.id).result == 1
     record = JobRecord.objects.get(pk=second.id)
