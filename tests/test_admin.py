@@ -357,6 +357,7 @@ def test_detail_of_a_failed_job_shows_the_full_traceback(admin_client: Client) -
     assert "class='dj-badge dj-failed'" in content
 
 
+@pytest.mark.slow
 def test_detail_of_a_retried_job_shows_the_error_of_every_attempt(
     admin_client: Client, manage: Any, tmp_path: Any
 ) -> None:
@@ -416,6 +417,7 @@ def test_detail_links_the_jobs_it_waits_for_and_that_wait_for_it(admin_client: C
 # -- progress -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_progress_is_throttled_and_shown_as_a_bar(admin_client: Client, manage: Any) -> None:
     handle = crunch.delay(1000)
     result = manage("rqworker", "--burst")
@@ -462,6 +464,7 @@ def test_set_progress_outside_a_job_does_nothing() -> None:
 # -- actions ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_requeue_a_failed_job_runs_it_again(admin_client: Client, manage: Any, tmp_path: Any) -> None:
     marker = tmp_path / "count"
     marker.write_text("-1")  # three failing calls (one try, two retries), then success
@@ -515,6 +518,7 @@ def test_confirmation_page_offers_a_working_way_back(admin_client: Client) -> No
     assert back[1] != "#" or "admin/js/cancel.js" in content
 
 
+@pytest.mark.slow
 def test_cancel_a_queued_job_removes_it_from_redis_and_it_never_runs(
     admin_client: Client, manage: Any
 ) -> None:
@@ -546,6 +550,7 @@ def test_cancel_all_matching_the_filter(admin_client: Client) -> None:
     assert get_queue().get_job_ids() == [kept.id]
 
 
+@pytest.mark.slow
 def test_stop_a_running_job_from_the_admin(admin_client: Client) -> None:
     handle = sleep_for.delay(60)
     waiting = make_rows(1, prefix="waiting", status="queued", queue="low")
@@ -562,6 +567,7 @@ def test_stop_a_running_job_from_the_admin(admin_client: Client) -> None:
         stop(worker)
 
 
+@pytest.mark.slow
 def test_stop_all_running_jobs_matching_the_filter(admin_client: Client) -> None:
     handle = sleep_for.delay(60)
     queued = add.delay(1, 1)
@@ -708,6 +714,7 @@ def test_dashboard_shows_redis_and_database_counts_per_queue(admin_client: Clien
     assert f'href="{CHANGELIST}?queue=low&amp;status=failed"' in content
 
 
+@pytest.mark.slow
 def test_dashboard_lists_running_workers_and_their_current_job(admin_client: Client) -> None:
     handle = sleep_for.delay(60)
     worker = start_manage("rqworker", "default", "high", "--name", "w-dashboard")
@@ -771,6 +778,7 @@ class RedisCommands:
 READ_PAUSES = f"SMEMBERS {PAUSED_KEY}"
 
 
+@pytest.mark.slow
 def test_pause_and_resume_a_queue_from_the_dashboard(admin_client: Client, redis_url: str) -> None:
     worker = start_manage("rqworker", "default", "high", "--name", "w-pause")
     try:
@@ -891,6 +899,7 @@ def test_no_page_of_the_dashboard_entry_shows_redacted_arguments(admin_client: C
         assert CARD not in response.content.decode(), suffix
 
 
+@pytest.mark.slow
 def test_worker_log_describes_the_job_without_the_secret(manage: Any) -> None:
     handle = charge.delay(5, CARD, cvv="123")
     result = manage("rqworker", "--burst")
@@ -902,6 +911,7 @@ def test_worker_log_describes_the_job_without_the_secret(manage: Any) -> None:
     assert CARD not in output
 
 
+@pytest.mark.slow
 def test_global_redact_setting_masks_more_names(admin_client: Client, manage: Any) -> None:
     with override_settings(DJANGO_JOBS={"REDACT": ["cvv"]}):
         handle = charge.delay(5, CARD, cvv="123")

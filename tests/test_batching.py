@@ -198,6 +198,7 @@ def test_paused_queue_gets_its_jobs_back(redis: Any, settings: Any) -> None:
     assert not redis.exists(claimed_key(worker.name))
 
 
+@pytest.mark.slow
 def test_jobs_of_a_dead_batch_worker_go_back_to_their_queue(redis: Any) -> None:
     killer = kills_own_worker.delay()
     handles = [note.delay("batch:dead", str(n)) for n in range(6)]
@@ -236,6 +237,7 @@ def test_jobs_of_a_dead_batch_worker_go_back_to_their_queue(redis: Any) -> None:
     assert all(JobRecord.objects.get(pk=h.id).attempts == 1 for h in handles)
 
 
+@pytest.mark.slow
 def test_rqworker_batch_options(manage: Any) -> None:
     handles = [add.delay(n, 1) for n in range(5)]
     result = manage("rqworker", "default", "--burst", "--batch-size", "3")

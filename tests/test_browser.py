@@ -24,6 +24,8 @@ from tests.ports import free_port
 from tests.processes import ROOT, run_manage, start_manage, terminate
 from tests.test_example_project import example_env, wait_for
 
+pytestmark = pytest.mark.slow  # a browser, and the demo in a subprocess
+
 if TYPE_CHECKING:
     from playwright.sync_api import Locator, Page
 

@@ -72,6 +72,7 @@ def test_a_long_list_is_inserted_in_batches_and_every_job_is_queued() -> None:
     assert queued_ids() == [handle.id for handle in handles]
 
 
+@pytest.mark.slow
 def test_mapped_jobs_run_in_a_worker_and_their_rows_finish() -> None:
     handles = add.map([(1, 1), (2, 2), (3, 3)])
     failing = explode.map([("first",), {"message": "second"}])

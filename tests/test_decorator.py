@@ -88,6 +88,7 @@ def module_settings_url() -> str:
     return str(settings.RQ_QUEUES["default"]["URL"])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     importlib.util.find_spec("mypy") is None, reason="mypy is not installed (pip install -e '.[lint]')"
 )

@@ -23,6 +23,8 @@ from django_jobs.testing import RedisServerError, find_redis_server
 from tests.ports import free_port
 from tests.processes import run_manage, start_manage, terminate
 
+pytestmark = pytest.mark.slow  # every test runs the example's manage.py in a subprocess
+
 STATUS_KEYS = {"id", "status", "result", "error", "attempts", "enqueued_at", "started_at", "ended_at"}
 
 

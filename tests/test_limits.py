@@ -90,6 +90,7 @@ def test_a_rollback_releases_the_key() -> None:
     assert again.status == "queued"
 
 
+@pytest.mark.slow
 def test_a_finished_job_frees_the_key_for_a_new_one(manage: Any) -> None:
     first = unique_add.delay(3, 4)
     assert manage("rqworker", "default", "--burst").returncode == 0
@@ -210,6 +211,7 @@ def test_limits_are_kept_on_the_row() -> None:
 # -- concurrency and rate limits across worker processes ------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("worker_class", ["fork", "simple"])
 def test_concurrency_one_over_three_workers_never_overlaps(
     redis: Any, processes: Any, worker_class: str
@@ -227,6 +229,7 @@ def test_concurrency_one_over_three_workers_never_overlaps(
     assert any(row.scheduled_for for row in rows)  # some did wait: three workers took them at once
 
 
+@pytest.mark.slow
 def test_a_dead_work_horse_frees_its_slot(manage: Any) -> None:
     dies = holds_the_slot.delay(True)
     runs = holds_the_slot.delay(False)
@@ -236,6 +239,7 @@ def test_a_dead_work_horse_frees_its_slot(manage: Any) -> None:
     assert JobRecord.objects.get(pk=runs.id).scheduled_for is None
 
 
+@pytest.mark.slow
 def test_rate_limit_over_two_workers(redis: Any, processes: Any) -> None:
     processes("rqscheduler", "--interval", "0.2", "--lock-ttl", "2")
     start_workers(processes, redis, 2, "high", "default")
@@ -252,6 +256,7 @@ def test_rate_limit_over_two_workers(redis: Any, processes: Any) -> None:
     assert starts[-1] - starts[0] >= 2 - margin  # 15 starts at 5 a second span two seconds at least
 
 
+@pytest.mark.slow
 def test_jobs_over_the_limit_wait_in_the_database_one_slot_each(redis: Any, manage: Any) -> None:
     before = timezone.now()
     handles = [twice_a_minute.delay() for _ in range(5)]

@@ -37,6 +37,7 @@ def spare_of(worker: subprocess.Popen[str]) -> int:
     return found.pop()
 
 
+@pytest.mark.slow
 def test_each_job_runs_in_the_spare_forked_before_it(manage: Any) -> None:
     worker = start_manage("rqworker", "default", "--name", "w-spare")
     try:
@@ -61,6 +62,7 @@ def test_each_job_runs_in_the_spare_forked_before_it(manage: Any) -> None:
     assert code == 0, output
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_the_spare_ends_with_its_worker(sig: signal.Signals) -> None:
     worker = start_manage("rqworker", "default")
@@ -76,6 +78,7 @@ def test_the_spare_ends_with_its_worker(sig: signal.Signals) -> None:
             worker.communicate()
 
 
+@pytest.mark.slow
 def test_a_spare_that_died_is_replaced_and_the_job_runs() -> None:
     worker = start_manage("rqworker", "default")
     try:
@@ -95,6 +98,7 @@ def test_a_spare_that_died_is_replaced_and_the_job_runs() -> None:
     assert f"The spare work-horse {spare} of worker" in output and "is gone" in output
 
 
+@pytest.mark.slow
 def test_while_a_job_runs_the_next_spare_waits() -> None:
     worker = start_manage("rqworker", "default")
     try:
@@ -105,6 +109,7 @@ def test_while_a_job_runs_the_next_spare_waits() -> None:
     assert code == 0, output
 
 
+@pytest.mark.slow
 def test_prefork_can_be_turned_off(manage: Any) -> None:
     counted = worker_children.delay(1.0)
     handles = [bump.delay() for _ in range(3)]
@@ -116,6 +121,7 @@ def test_prefork_can_be_turned_off(manage: Any) -> None:
     assert JobRecord.objects.get(pk=counted.id).result == 1  # no spare beside the job's process
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("worker_class", ["StopsBeforeFork", "StopsBeforeForkAtDequeue"])
 def test_a_stop_before_the_job_has_a_process_stops_it(worker_class: str) -> None:
     handle = sleep_for.delay(60)
@@ -163,6 +169,7 @@ def test_the_spare_gets_the_job_as_redis_holds_it() -> None:
         assert _stored_form(fetched) == redis.hgetall(fetched.key)
 
 
+@pytest.mark.slow
 def test_a_job_run_by_the_spare_sees_its_own_data() -> None:
     worker = start_manage("rqworker", "default", "--name", "w-sees")
     try:

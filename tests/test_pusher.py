@@ -25,6 +25,7 @@ def background(settings: Any) -> None:
     settings.DJANGO_JOBS = {"PUSH": "background"}
 
 
+@pytest.mark.slow
 def test_delay_pushes_from_a_thread_and_the_jobs_run() -> None:
     handles = [add.delay(n, n) for n in range(50)]
     assert flush()

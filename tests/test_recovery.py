@@ -36,6 +36,7 @@ def status(job_id: str) -> str:
 # --- workers that die -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_jobs_of_killed_workers_are_retried_or_failed(tmp_path: Path) -> None:
     retried = hangs_first_time.delay(str(tmp_path / "calls"), str(tmp_path / "fork.pid"))
     failed = hangs.apply_async([str(tmp_path / "simple.pid")], queue="low")
@@ -73,6 +74,7 @@ def test_jobs_of_killed_workers_are_retried_or_failed(tmp_path: Path) -> None:
     assert get_queue("low").started_job_registry.count == 0
 
 
+@pytest.mark.slow
 def test_a_live_worker_is_not_taken_for_dead(tmp_path: Path) -> None:
     handle = sleep_for.delay(6)  # longer than the heartbeat TTL (3 s) and the grace (1 s)
     worker = start("rqworker", "default", "--name", "alive")
@@ -86,6 +88,7 @@ def test_a_live_worker_is_not_taken_for_dead(tmp_path: Path) -> None:
     assert (record.attempts, record.error_history) == (1, [])
 
 
+@pytest.mark.slow
 def test_sigterm_lets_the_current_job_finish() -> None:
     handle = sleep_for.delay(3)
     worker = start("rqworker", "default", "--name", "warm-stop")
@@ -96,6 +99,7 @@ def test_sigterm_lets_the_current_job_finish() -> None:
     assert (record.status, record.result) == ("finished", 3)
 
 
+@pytest.mark.slow
 def test_a_job_taken_by_a_worker_that_died_before_starting_it_still_runs(manage: Any) -> None:
     handle = add.delay(2, 3)
     _backdate(handle.id)
@@ -115,6 +119,7 @@ def _backdate(*job_ids: str) -> None:
     JobRecord.objects.filter(pk__in=job_ids).update(enqueued_at=timezone.now() - timedelta(minutes=1))
 
 
+@pytest.mark.slow
 def test_redis_restarted_empty_loses_no_job(tmp_path: Path) -> None:
     own = RedisServer().start()
     queues = {name: {"URL": own.url} for name in ("default", "high", "low", "emails")}
@@ -158,6 +163,7 @@ def test_redis_restarted_empty_loses_no_job(tmp_path: Path) -> None:
         own.stop()
 
 
+@pytest.mark.slow
 def test_a_forking_worker_outlives_a_redis_outage_during_a_job(tmp_path: Path) -> None:
     own = RedisServer().start()
     queues = {name: {"URL": own.url} for name in ("default", "high", "low", "emails")}
@@ -187,6 +193,7 @@ def test_a_forking_worker_outlives_a_redis_outage_during_a_job(tmp_path: Path) -
     assert (record.attempts, record.result) == (1, 10)
 
 
+@pytest.mark.slow
 def test_rqreconcile_repairs_on_demand(manage: Any, redis: Any) -> None:
     handles = [add.delay(n, 1) for n in range(3)]
     fresh = add.delay(9, 9)
@@ -214,6 +221,7 @@ def test_rqreconcile_repairs_on_demand(manage: Any, redis: Any) -> None:
 # --- the database going away ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("worker_class", ["fork", "batch"])
 def test_outcomes_survive_a_database_outage(worker_class: str, tmp_path: Path) -> None:
     log_path = tmp_path / "worker.log"

@@ -26,6 +26,7 @@ def redis_first(settings: Any) -> None:
     settings.DJANGO_JOBS = {"PUSH": "redis-first"}
 
 
+@pytest.mark.slow
 def test_the_job_is_in_redis_when_delay_returns_and_its_row_follows() -> None:
     handles = [add.delay(n, n) for n in range(50)]
     # Pushed by .delay() itself, before any row write was waited for.
@@ -89,6 +90,7 @@ def test_redis_down_writes_the_row_at_once_marked_for_a_later_push(caplog: Any) 
     assert "Its row is written now, queued with needs_push set" in caplog.text
 
 
+@pytest.mark.slow
 def test_a_worker_that_takes_the_job_first_writes_the_row_and_the_late_insert_keeps_it() -> None:
     # The row writer cannot take its batch while this thread holds its lock.
     with row_writer.lock:
@@ -115,6 +117,7 @@ with row_writer.lock:  # the process dies before its row writer can run
 """
 
 
+@pytest.mark.slow
 def test_a_process_that_dies_before_writing_its_rows_loses_no_job_nor_its_retries(tmp_path: Any) -> None:
     marker = tmp_path / "count"
     options = {"DJANGO_JOBS_TEST_OPTIONS": json.dumps({"PUSH": "redis-first"})}
@@ -181,6 +184,7 @@ def test_a_start_written_back_from_the_spool_makes_the_missing_row(redis: Any) -
     assert JobRecord.objects.get(pk=kept.id).status == "started"
 
 
+@pytest.mark.slow
 def test_a_work_horse_writes_the_rows_of_the_jobs_it_enqueued_before_it_exits() -> None:
     options = {"DJANGO_JOBS_TEST_OPTIONS": json.dumps({"PUSH": "redis-first"})}
     parents = [enqueue_echo.delay(value) for value in range(3)]

@@ -88,6 +88,7 @@ def test_rolled_back_delay_schedules_nothing() -> None:
     assert not JobRecord.objects.filter(pk=handle.id).exists()
 
 
+@pytest.mark.slow
 @db
 def test_due_job_survives_a_redis_flush_and_runs(redis: Any, manage: Any) -> None:
     handle = add.apply_async((20, 22), countdown=1)
@@ -107,6 +108,7 @@ def test_canceled_before_due_never_runs() -> None:
     assert JobRecord.objects.get(pk=handle.id).status == "canceled"
 
 
+@pytest.mark.slow
 @db
 def test_running_scheduler_moves_due_rows_and_survives_a_restart() -> None:
     scheduler = start_manage("rqscheduler", "--interval", "0.2", "--lock-ttl", "2")
@@ -305,6 +307,7 @@ def test_daily_cron_keeps_its_hour_across_spring_and_autumn_changes(hour: int, d
 # -- two schedulers, one leader -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @db
 def test_two_schedulers_fire_each_run_once_and_the_standby_takes_over(redis: Any) -> None:
     schedule = {"every-second": {"func": "tests.testapp.jobs.add", "interval": 1, "args": [1, 1]}}
@@ -341,6 +344,7 @@ def test_two_schedulers_fire_each_run_once_and_the_standby_takes_over(redis: Any
             stop(process)
 
 
+@pytest.mark.slow
 @db
 def test_rqscheduler_flags_are_checked(manage: Any) -> None:
     result = manage("rqscheduler", "--interval", "2", "--lock-ttl", "1")
@@ -370,6 +374,7 @@ def test_rq_scheduler_jobs_keep_running_under_the_lease(settings: Any, redis: An
     assert repeating.id in legacy  # rq-scheduler put its next run back
 
 
+@pytest.mark.slow
 @db
 def test_without_rq_scheduler_the_command_says_how_to_migrate(redis: Any) -> None:
     redis.zadd("rq:scheduler:scheduled_jobs", {"some-old-job": 0})
@@ -386,6 +391,7 @@ def test_without_rq_scheduler_the_command_says_how_to_migrate(redis: Any) -> Non
     assert "pip install 'django-jobs[rq-scheduler]'" in result.stderr
 
 
+@pytest.mark.slow
 @db
 def test_rqworker_with_scheduler_hosts_the_loop(redis: Any) -> None:
     worker = start_manage("rqworker", "default", "--with-scheduler")

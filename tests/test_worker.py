@@ -18,6 +18,7 @@ from tests.testapp.jobs import add, count_rows, echo, explode, flaky, pid, retur
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+@pytest.mark.slow
 def test_forking_worker_records_start_and_finish(manage: Any) -> None:
     handle = add.delay(2, 3)
     result = manage("rqworker", "default", "--burst", "--name", "w-finish")
@@ -32,6 +33,7 @@ def test_forking_worker_records_start_and_finish(manage: Any) -> None:
     assert handle.status == "finished" and handle.result == 5
 
 
+@pytest.mark.slow
 def test_each_job_runs_in_a_forked_horse(manage: Any) -> None:
     first, second = pid.delay(), pid.delay()
     assert manage("rqworker", "--burst").returncode == 0
@@ -39,6 +41,7 @@ def test_each_job_runs_in_a_forked_horse(manage: Any) -> None:
     assert len(pids) == 2  # one fresh process per job
 
 
+@pytest.mark.slow
 def test_failure_keeps_type_message_and_full_traceback(manage: Any) -> None:
     handle = explode.delay("card declined")
     assert manage("rqworker", "low", "--burst").returncode == 0
@@ -54,6 +57,7 @@ def test_failure_keeps_type_message_and_full_traceback(manage: Any) -> None:
         handle.wait(timeout=1)
 
 
+@pytest.mark.slow
 def test_queues_are_served_in_the_given_priority_order(manage: Any) -> None:
     low_first = add.delay(1, 1)  # default queue, enqueued first
     high_later = echo.delay("urgent")  # high queue, enqueued second
@@ -64,6 +68,7 @@ def test_queues_are_served_in_the_given_priority_order(manage: Any) -> None:
     assert high.started_at < low.started_at
 
 
+@pytest.mark.slow
 def test_missing_function_fails_clearly_and_the_worker_goes_on(manage: Any) -> None:
     create(
         job_id="gone-function",
@@ -98,6 +103,7 @@ def test_missing_function_fails_clearly_and_the_worker_goes_on(manage: Any) -> N
     assert JobRecord.objects.get(pk=after.id).status == "finished"
 
 
+@pytest.mark.slow
 def test_non_json_result_fails_with_a_clear_error(manage: Any) -> None:
     handle = returns_object.delay()
     assert manage("rqworker", "--burst").returncode == 0
@@ -106,6 +112,7 @@ def test_non_json_result_fails_with_a_clear_error(manage: Any) -> None:
     assert "returned a value that is not JSON serializable" in record.error
 
 
+@pytest.mark.slow
 def test_job_uses_the_database_inside_the_horse(manage: Any) -> None:
     add.delay(1, 1)
     handle = count_rows.delay()
@@ -113,6 +120,7 @@ def test_job_uses_the_database_inside_the_horse(manage: Any) -> None:
     assert JobRecord.objects.get(pk=handle.id).result == 2
 
 
+@pytest.mark.slow
 def test_retry_counts_attempts_and_ends_finished(manage: Any, tmp_path: Any) -> None:
     marker = str(tmp_path / "count")
     handle = flaky.delay(marker)
@@ -124,6 +132,7 @@ def test_retry_counts_attempts_and_ends_finished(manage: Any, tmp_path: Any) -> 
     assert record.result == "ok after 3"
 
 
+@pytest.mark.slow
 def test_retries_exhausted_ends_failed_with_the_last_error(manage: Any, tmp_path: Any) -> None:
     marker = tmp_path / "count"
     marker.write_text("-5")  # needs 8 calls to succeed; 1 try + 2 retries are not enough
@@ -135,6 +144,7 @@ def test_retries_exhausted_ends_failed_with_the_last_error(manage: Any, tmp_path
     assert "RuntimeError: attempt -2 fails" in record.error
 
 
+@pytest.mark.slow
 def test_stop_a_started_job() -> None:
     handle = sleep_for.delay(60)
     worker = start_manage("rqworker", "default", "--name", "w-stop")
@@ -151,6 +161,7 @@ def test_stop_a_started_job() -> None:
         stop(worker)
 
 
+@pytest.mark.slow
 def test_cancel_a_queued_job(manage: Any) -> None:
     handle = add.delay(1, 1)
     assert handle.cancel() is True
@@ -162,6 +173,7 @@ def test_cancel_a_queued_job(manage: Any) -> None:
     assert handle.cancel() is False  # already final
 
 
+@pytest.mark.slow
 def test_wait_returns_the_result_from_a_running_worker() -> None:
     worker = start_manage("rqworker", "default", "high")
     try:
@@ -199,6 +211,7 @@ def test_job_enqueued_with_plain_rq_still_gets_a_row() -> None:
     )
 
 
+@pytest.mark.slow
 def test_dependent_job_runs_after_its_dependency(manage: Any) -> None:
     first = add.delay(1, 1)
     second = add.apply_async((2, 2), depends_on=first)
@@ -219,6 +232,7 @@ def _kill_database_connections() -> None:
         )
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="needs PostgreSQL to kill server connections")
 @pytest.mark.parametrize("worker_class", ["fork", "simple"])
 def test_database_restart_between_jobs_causes_no_error(worker_class: str) -> None:
@@ -268,6 +282,7 @@ def test_async_false_inside_a_test_transaction(
         assert JobRecord.objects.filter(pk=handle.id, status="finished").exists()
 
 
+@pytest.mark.slow
 def test_job_returning_rq_retry_is_run_again_then_fails(manage: Any) -> None:
     from tests.testapp.jobs import asks_for_retry
 

@@ -40,7 +40,7 @@ from tests.faultkit import FAST, children, database_outage_for_worker, start
 from tests.processes import terminate, wait_for
 from tests.testapp.jobs import fault_failing, fault_fast, fault_retrying, fault_slow
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 SEED = int(os.environ.get("DJANGO_JOBS_FAULTS_SEED") or 20_250_611)
 
