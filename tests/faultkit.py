@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import sqlite3
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from typing import IO, Any
+from pathlib import Path
+from typing import Any
 
 from django.db import connection
 
-from tests.conftest import ROOT, child_pythonpath
+from tests.ports import free_port
+from tests.processes import start_manage
 
 #: Fast failure detection for the processes a test starts (production: 10 s beats, 20 s grace).
 FAST = {"ORPHAN_GRACE": 1, "RECONCILE_INTERVAL": 2}
@@ -25,35 +25,20 @@ def start(
     command: str,
     *args: str,
     env: dict[str, str] | None = None,
-    output: IO[str] | None = None,
+    output: Path | None = None,
     options: dict[str, Any] | None = None,
 ) -> subprocess.Popen[str]:
     """Start ``manage.py command`` on the test database, with fast failure detection.
 
-    Its output goes to ``output`` (a file: a long run would fill a pipe and
-    block the process), else to a pipe the caller reads once it has ended.
-    ``options`` are ``DJANGO_JOBS`` settings for it (default :data:`FAST`).
+    Its output goes to the file ``output`` (a long run would fill a pipe and block the
+    process), else to a pipe that :func:`tests.processes.stop` reads. ``options`` are
+    ``DJANGO_JOBS`` settings for it (default :data:`FAST`).
     """
-    full_env = dict(os.environ)
-    full_env.update(
-        DJANGO_SETTINGS_MODULE="tests.settings",
-        DJANGO_JOBS_TEST_DB_NAME=str(connection.settings_dict["NAME"]),
-        DJANGO_JOBS_TEST_OPTIONS=json.dumps(FAST if options is None else options),
-        PYTHONPATH=child_pythonpath(),
-    )
-    full_env.update(env or {})
     if command == "rqworker":
         args = (*args, "--job-monitoring-interval", "1")
     elif command == "rqscheduler":
         args = (*args, "--interval", "0.5", "--lock-ttl", "5")
-    return subprocess.Popen(
-        [sys.executable, str(ROOT / "manage.py"), command, *args],
-        cwd=ROOT,
-        env=full_env,
-        stdout=subprocess.PIPE if output is None else output,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    return start_manage(command, *args, env=env, output=output, options=FAST if options is None else options)
 
 
 def children(pid: int) -> list[int]:
@@ -71,9 +56,7 @@ class TcpProxy:
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port()
         self.sockets: list[socket.socket] = []
         self.lock = threading.Lock()
         self.listener: socket.socket | None = None

@@ -11,11 +11,14 @@ import datetime
 import html
 import json
 import re
-import time
+import threading
+import uuid
+from contextlib import suppress
 from html.parser import HTMLParser
 from typing import Any
 
 import pytest
+import redis as redis_py
 from django.test import Client
 from django.test.utils import override_settings
 from django.utils import timezone
@@ -23,9 +26,10 @@ from rq.job import Job
 
 from django_jobs import get_queue
 from django_jobs.models import JobRecord
+from django_jobs.pauses import PAUSED_KEY
 from django_jobs.progress import set_progress
 from django_jobs.testing import run_burst
-from tests.test_worker import start_worker, stop_worker, wait_for
+from tests.processes import start_manage, stop, wait_for
 from tests.testapp.jobs import add, charge, crunch, echo, explode, flaky, sleep_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -353,6 +357,7 @@ def test_detail_of_a_failed_job_shows_the_full_traceback(admin_client: Client) -
     assert "class='dj-badge dj-failed dj-tone-bad'" in content
 
 
+@pytest.mark.slow
 def test_detail_of_a_retried_job_shows_the_error_of_every_attempt(
     admin_client: Client, manage: Any, tmp_path: Any
 ) -> None:
@@ -412,6 +417,7 @@ def test_detail_links_the_jobs_it_waits_for_and_that_wait_for_it(admin_client: C
 # -- progress -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_progress_is_throttled_and_shown_as_a_bar(admin_client: Client, manage: Any) -> None:
     handle = crunch.delay(1000)
     result = manage("rqworker", "--burst")
@@ -458,6 +464,7 @@ def test_set_progress_outside_a_job_does_nothing() -> None:
 # -- actions ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_requeue_a_failed_job_runs_it_again(admin_client: Client, manage: Any, tmp_path: Any) -> None:
     marker = tmp_path / "count"
     marker.write_text("-1")  # three failing calls (one try, two retries), then success
@@ -511,6 +518,7 @@ def test_confirmation_page_offers_a_working_way_back(admin_client: Client) -> No
     assert back[1] != "#" or "admin/js/cancel.js" in content
 
 
+@pytest.mark.slow
 def test_cancel_a_queued_job_removes_it_from_redis_and_it_never_runs(
     admin_client: Client, manage: Any
 ) -> None:
@@ -542,10 +550,11 @@ def test_cancel_all_matching_the_filter(admin_client: Client) -> None:
     assert get_queue().get_job_ids() == [kept.id]
 
 
+@pytest.mark.slow
 def test_stop_a_running_job_from_the_admin(admin_client: Client) -> None:
     handle = sleep_for.delay(60)
     waiting = make_rows(1, prefix="waiting", status="queued", queue="low")
-    worker = start_worker("default", "--name", "w-admin-stop")
+    worker = start_manage("rqworker", "default", "--name", "w-admin-stop")
     try:
         wait_for(lambda: handle.status == "started")
         _, after = run_action(admin_client, "stop_jobs", [handle.id, *waiting])
@@ -555,13 +564,14 @@ def test_stop_a_running_job_from_the_admin(admin_client: Client) -> None:
         assert record.ended_at is not None and record.result is None
         assert "class='dj-badge dj-stopped dj-tone-ended'" in detail(admin_client, handle.id)
     finally:
-        stop_worker(worker)
+        stop(worker)
 
 
+@pytest.mark.slow
 def test_stop_all_running_jobs_matching_the_filter(admin_client: Client) -> None:
     handle = sleep_for.delay(60)
     queued = add.delay(1, 1)
-    worker = start_worker("default", "--name", "w-admin-stop-filter")
+    worker = start_manage("rqworker", "default", "--name", "w-admin-stop-filter")
     try:
         wait_for(lambda: handle.status == "started")
         _, after = run_action(
@@ -571,7 +581,7 @@ def test_stop_all_running_jobs_matching_the_filter(admin_client: Client) -> None
         wait_for(lambda: handle.status == "stopped")
         assert queued.wait(timeout=60) == 2  # the worker goes on with the next job
     finally:
-        stop_worker(worker)
+        stop(worker)
 
 
 def test_delete_selected_rows_and_their_redis_jobs(admin_client: Client) -> None:
@@ -706,9 +716,10 @@ def test_dashboard_shows_redis_and_database_counts_per_queue(admin_client: Clien
     assert f'href="{CHANGELIST}?queue=low&amp;status=failed"' in content
 
 
+@pytest.mark.slow
 def test_dashboard_lists_running_workers_and_their_current_job(admin_client: Client) -> None:
     handle = sleep_for.delay(60)
-    worker = start_worker("default", "high", "--name", "w-dashboard")
+    worker = start_manage("rqworker", "default", "high", "--name", "w-dashboard")
     try:
         wait_for(lambda: handle.status == "started")
         content = page(admin_client.get(DASHBOARD))
@@ -723,39 +734,87 @@ def test_dashboard_lists_running_workers_and_their_current_job(admin_client: Cli
         handle.stop()
         wait_for(lambda: handle.status == "stopped")
     finally:
-        stop_worker(worker)
+        stop(worker)
     content = page(admin_client.get(DASHBOARD))
     assert "w-dashboard" not in content
     assert "No worker is running" in content
 
 
-def test_pause_and_resume_a_queue_from_the_dashboard(admin_client: Client) -> None:
-    worker = start_worker("default", "high", "--name", "w-pause")
+class RedisCommands:
+    """The commands Redis runs while this is open, in Redis's order, from its MONITOR feed."""
+
+    def __init__(self, url: str) -> None:
+        self.client = redis_py.Redis.from_url(url)  # a connection of its own for the feed
+        self.commands: list[str] = []
+
+    def __enter__(self) -> RedisCommands:
+        self.monitor = self.client.monitor().__enter__()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        return self
+
+    def _read(self) -> None:
+        with suppress(Exception):  # until __exit__ closes the connection
+            while True:
+                with suppress(redis_py.TimeoutError):
+                    self.commands.append(self.monitor.next_command()["command"])
+
+    def __exit__(self, *exc: object) -> None:
+        self.monitor.connection.disconnect()
+        self.reader.join(30)
+        self.monitor.__exit__()
+        self.client.close()
+
+    def mark(self) -> int:
+        """Send a command of this test's own; return the number of commands up to it."""
+        token = f"mark-{uuid.uuid4().hex}"
+        self.client.echo(token)
+        wait_for(lambda: f"ECHO {token}" in self.commands)
+        return self.commands.index(f"ECHO {token}") + 1
+
+    def count_since(self, position: int, command: str) -> int:
+        return self.commands[position:].count(command)
+
+
+#: What a worker sends to read the paused queues (nothing else sends it).
+READ_PAUSES = f"SMEMBERS {PAUSED_KEY}"
+
+
+@pytest.mark.slow
+def test_pause_and_resume_a_queue_from_the_dashboard(admin_client: Client, redis_url: str) -> None:
+    worker = start_manage("rqworker", "default", "high", "--name", "w-pause")
     try:
         wait_for(lambda: "w-pause" in page(admin_client.get(DASHBOARD)))
-        response = admin_client.post(DASHBOARD, {"queue": "default", "do": "pause"}, follow=True)
-        content = page(response)
-        assert response.redirect_chain == [(DASHBOARD, 302)]
-        assert page_messages(content) == [
-            "Queue 'default' paused: workers take no new jobs from it until it is resumed."
-        ]
-        assert '<span class="dj-paused">paused</span>' in queue_row(content, "default")
-        assert 'value="resume"' in queue_row(content, "default")
-        assert "dj-paused" not in queue_row(content, "high")
-        time.sleep(5)  # more than twice PAUSE_CHECK_INTERVAL (2 s): the worker has seen the pause
+        with RedisCommands(redis_url) as redis_commands:
+            response = admin_client.post(DASHBOARD, {"queue": "default", "do": "pause"}, follow=True)
+            content = page(response)
+            assert response.redirect_chain == [(DASHBOARD, 302)]
+            assert page_messages(content) == [
+                "Queue 'default' paused: workers take no new jobs from it until it is resumed."
+            ]
+            assert '<span class="dj-paused">paused</span>' in queue_row(content, "default")
+            assert 'value="resume"' in queue_row(content, "default")
+            assert "dj-paused" not in queue_row(content, "high")
+            # The worker reads the paused queues every PAUSE_CHECK_INTERVAL (2 s): wait until it
+            # has read them since the pause.
+            paused_at = redis_commands.mark()
+            wait_for(lambda: redis_commands.count_since(paused_at, READ_PAUSES) >= 1)
 
-        held = add.delay(1, 1)
-        assert echo.delay("through").wait(timeout=60) == "through"
-        time.sleep(3)
-        assert held.status == "queued"
-        assert get_queue().get_job_ids() == [held.id]
+            held = add.delay(1, 1)  # its queue comes first in the worker's order
+            assert echo.delay("through").wait(timeout=60) == "through"
+            # The worker reads the pauses again and takes another job: still not the held one.
+            ran_at = redis_commands.mark()
+            wait_for(lambda: redis_commands.count_since(ran_at, READ_PAUSES) >= 1)
+            assert echo.delay("again").wait(timeout=60) == "again"
+            assert held.status == "queued"
+            assert get_queue().get_job_ids() == [held.id]
 
         response = admin_client.post(DASHBOARD, {"queue": "default", "do": "resume"}, follow=True)
         assert page_messages(page(response)) == ["Queue 'default' resumed."]
         assert "dj-paused" not in queue_row(page(response), "default")
         assert held.wait(timeout=60) == 2
     finally:
-        stop_worker(worker)
+        stop(worker)
 
 
 def chart_bars(content: str, chart_id: str) -> dict[str, list[float]]:
@@ -842,6 +901,7 @@ def test_no_page_of_the_dashboard_entry_shows_redacted_arguments(admin_client: C
         assert CARD not in response.content.decode(), suffix
 
 
+@pytest.mark.slow
 def test_worker_log_describes_the_job_without_the_secret(manage: Any) -> None:
     handle = charge.delay(5, CARD, cvv="123")
     result = manage("rqworker", "--burst")
@@ -853,6 +913,7 @@ def test_worker_log_describes_the_job_without_the_secret(manage: Any) -> None:
     assert CARD not in output
 
 
+@pytest.mark.slow
 def test_global_redact_setting_masks_more_names(admin_client: Client, manage: Any) -> None:
     with override_settings(DJANGO_JOBS={"REDACT": ["cvv"]}):
         handle = charge.delay(5, CARD, cvv="123")

@@ -21,8 +21,7 @@ from django_jobs.claims import CLAIMS_KEY, claimed_key
 from django_jobs.models import JobRecord
 from django_jobs.queues import get_queues, resolve_serializer
 from django_jobs.worker import BatchWorker
-from tests.conftest import wait_for
-from tests.test_worker import start_worker
+from tests.processes import start_manage, wait_for
 from tests.testapp.jobs import (
     add,
     cancels,
@@ -200,10 +199,12 @@ def test_paused_queue_gets_its_jobs_back(redis: Any, settings: Any) -> None:
     assert not redis.exists(claimed_key(worker.name))
 
 
+@pytest.mark.slow
 def test_jobs_of_a_dead_batch_worker_go_back_to_their_queue(redis: Any) -> None:
     killer = kills_own_worker.delay()
     handles = [note.delay("batch:dead", str(n)) for n in range(6)]
-    worker = start_worker(
+    worker = start_manage(
+        "rqworker",
         "default",
         "--worker-class",
         "batch",
@@ -237,6 +238,7 @@ def test_jobs_of_a_dead_batch_worker_go_back_to_their_queue(redis: Any) -> None:
     assert all(JobRecord.objects.get(pk=h.id).attempts == 1 for h in handles)
 
 
+@pytest.mark.slow
 def test_rqworker_batch_options(manage: Any) -> None:
     handles = [add.delay(n, 1) for n in range(5)]
     result = manage("rqworker", "default", "--burst", "--batch-size", "3")

@@ -14,15 +14,17 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.conftest import terminate
-from tests.test_example_project import example_env, free_port, wait_for
+from tests.ports import free_port
+from tests.processes import ROOT, run_manage, start_manage, terminate
+from tests.test_example_project import example_env, wait_for
+
+pytestmark = pytest.mark.slow  # a browser, and the demo in a subprocess
 
 if TYPE_CHECKING:
     from playwright.sync_api import Locator, Page
@@ -48,8 +50,6 @@ sync_api = pytest.importorskip(
 )
 expect = sync_api.expect
 
-ROOT = Path(__file__).resolve().parent.parent
-MANAGE_PY = ROOT / "manage.py"
 SCREENSHOTS = ROOT / "screenshots" / "test_browser"
 WORKER_QUEUES = ("high", "default", "low", "emails")
 EMAIL_JOB = "example_project.accounts.jobs.send_registration_email"
@@ -68,14 +68,9 @@ class Example:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp_path / "demo.log"
-        with open(self.log_path, "wb") as log_file:
-            self.process = subprocess.Popen(
-                [sys.executable, str(MANAGE_PY), "demo", "--port", str(self.port), "--no-worker"],
-                cwd=ROOT,
-                env=env,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-            )
+        self.process = start_manage(
+            "demo", "--port", str(self.port), "--no-worker", base_env=env, output=self.log_path
+        )
 
     def log(self) -> str:
         return "demo output:\n" + self.log_path.read_text(errors="replace")
@@ -91,14 +86,7 @@ class Example:
 
     def manage(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run a management command of the example, in the demo's environment; fail if it fails."""
-        result = subprocess.run(
-            [sys.executable, str(MANAGE_PY), *args],
-            cwd=ROOT,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=180,
-        )
+        result = run_manage(*args, base_env=self.env, timeout=180)
         assert result.returncode == 0, (
             f"manage.py {' '.join(args)} exited with {result.returncode}\n"
             f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import socket
 from typing import Any
 
 import pytest
@@ -13,7 +12,8 @@ from rq.job import Job
 
 from django_jobs import JobHandle, UnknownQueueError, get_queue
 from django_jobs.models import JobRecord
-from tests.conftest import run_manage
+from tests.ports import closed_port
+from tests.processes import run_manage
 from tests.testapp.jobs import add, charge, echo, explode
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -72,6 +72,7 @@ def test_a_long_list_is_inserted_in_batches_and_every_job_is_queued() -> None:
     assert queued_ids() == [handle.id for handle in handles]
 
 
+@pytest.mark.slow
 def test_mapped_jobs_run_in_a_worker_and_their_rows_finish() -> None:
     handles = add.map([(1, 1), (2, 2), (3, 3)])
     failing = explode.map([("first",), {"message": "second"}])
@@ -169,15 +170,8 @@ def test_redacted_arguments_are_hidden_from_each_description() -> None:
         assert "4242" not in description and "5555" not in description
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def test_unreachable_redis_keeps_every_row_marked_not_pushed(caplog: Any) -> None:
-    url = f"redis://127.0.0.1:{_closed_port()}/0"
+    url = f"redis://127.0.0.1:{closed_port()}/0"
     with override_settings(RQ_QUEUES={"default": {"URL": url}}):
         handles = add.map([(1, 1), (2, 2), (3, 3)])  # must not raise: the caller goes on
     rows = JobRecord.objects.filter(pk__in=[h.id for h in handles])

@@ -160,6 +160,7 @@ def test_w002_pickle_serializer_in_either_setting(settings: Any) -> None:
     assert check_serializer() == []
 
 
+@pytest.mark.slow
 def test_checks_run_through_manage_check(manage: Any) -> None:
     result = manage("check")
     assert result.returncode == 0, result.stderr

@@ -16,6 +16,7 @@ from rq.job import Job
 from django_jobs import get_queue
 from django_jobs.queues import get_connection
 from django_jobs.testing import RedisServer
+from tests.ports import free_port
 from tests.testapp.jobs import add
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -82,7 +83,7 @@ class SentinelProcess:
     def __init__(self, conf_path: str) -> None:
         import subprocess
 
-        from django_jobs.testing import find_redis_server, free_port
+        from django_jobs.testing import find_redis_server
 
         self.port = free_port()
         with open(conf_path, "a") as handle:

@@ -16,7 +16,7 @@ from django.test.utils import override_settings
 from django_jobs import JobFunction, UnknownQueueError, job
 from django_jobs.models import JobRecord
 from django_jobs.registry import registry
-from tests.conftest import ROOT
+from tests.processes import ROOT
 from tests.testapp.jobs import add, echo, explode, flaky
 
 
@@ -88,6 +88,7 @@ def module_settings_url() -> str:
     return str(settings.RQ_QUEUES["default"]["URL"])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     importlib.util.find_spec("mypy") is None, reason="mypy is not installed (pip install -e '.[lint]')"
 )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import socket
 import zlib
 from typing import Any
 
@@ -16,6 +15,7 @@ from rq.job import Job
 
 from django_jobs import JobHandle, UnknownQueueError, get_queue
 from django_jobs.models import JobRecord
+from tests.ports import closed_port
 from tests.testapp.jobs import add, echo, explode
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -90,15 +90,8 @@ def test_savepoint_rollback_drops_only_the_inner_job() -> None:
     assert not JobRecord.objects.filter(pk=dropped.id).exists()
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def test_unreachable_redis_keeps_the_row_marked_not_pushed(caplog: Any) -> None:
-    url = f"redis://127.0.0.1:{_closed_port()}/0"
+    url = f"redis://127.0.0.1:{closed_port()}/0"
     with override_settings(RQ_QUEUES={"default": {"URL": url}}):
         handle = add.delay(4, 5)  # must not raise: the view goes on
     record = JobRecord.objects.get(pk=handle.id)

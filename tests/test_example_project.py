@@ -9,7 +9,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -21,10 +20,11 @@ from typing import Any
 import pytest
 
 from django_jobs.testing import RedisServerError, find_redis_server
-from tests.conftest import terminate
+from tests.ports import free_port
+from tests.processes import run_manage, start_manage, terminate
 
-ROOT = Path(__file__).resolve().parent.parent
-MANAGE_PY = ROOT / "manage.py"
+pytestmark = pytest.mark.slow  # every test runs the example's manage.py in a subprocess
+
 STATUS_KEYS = {"id", "status", "result", "error", "attempts", "enqueued_at", "started_at", "ended_at"}
 
 
@@ -54,21 +54,7 @@ def example_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 def run_example(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(MANAGE_PY), *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    return run_manage(*args, base_env=env)
 
 
 def wait_for(condition: Callable[[], Any], timeout: float, what: str, log: Callable[[], str] = str) -> Any:
@@ -182,14 +168,7 @@ class Demo:
         self.tmp_path = tmp_path
         self.port = free_port()
         self.log_path = tmp_path / "demo.log"
-        with open(self.log_path, "wb") as log_file:
-            self.process = subprocess.Popen(
-                [sys.executable, str(MANAGE_PY), "demo", "--port", str(self.port)],
-                cwd=ROOT,
-                env=env,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-            )
+        self.process = start_manage("demo", "--port", str(self.port), base_env=env, output=self.log_path)
         self.browser = Browser(f"http://127.0.0.1:{self.port}")
 
     def log(self) -> str:

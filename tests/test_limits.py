@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import itertools
-import os
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -13,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.db import connection, connections, transaction
+from django.db import connections, transaction
 from django.utils import timezone
 from rq import Worker
 
 from django_jobs import actions, get_queue, job
 from django_jobs.models import JobRecord
-from tests.conftest import ROOT, child_pythonpath, terminate, wait_for
+from tests.processes import start_manage, terminate, wait_for
 from tests.testapp.jobs import (
     five_a_second,
     holds_the_slot,
@@ -38,31 +36,14 @@ def not_a_job(value: int) -> int:
     return value
 
 
-def start(command: str, *args: str, log: Path) -> subprocess.Popen[Any]:
-    """``manage.py <command>`` in the background, against the test database and Redis."""
-    env = dict(os.environ)
-    env.update(
-        DJANGO_SETTINGS_MODULE="tests.settings",
-        DJANGO_JOBS_TEST_DB_NAME=str(connection.settings_dict["NAME"]),
-        PYTHONPATH=child_pythonpath(),
-    )
-    with log.open("a") as output:  # a file, not a pipe: a chatty process never blocks on it
-        return subprocess.Popen(
-            [sys.executable, str(ROOT / "manage.py"), command, *args],
-            cwd=ROOT,
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-
-
 @pytest.fixture
 def processes(tmp_path: Path) -> Iterator[Any]:
     """Start workers and schedulers with ``processes(command, *args)``; all are stopped at the end."""
-    started: list[subprocess.Popen[Any]] = []
+    started: list[subprocess.Popen[str]] = []
 
-    def run(command: str, *args: str) -> subprocess.Popen[Any]:
-        process = start(command, *args, log=tmp_path / f"{command}-{len(started)}.log")
+    def run(command: str, *args: str) -> subprocess.Popen[str]:
+        # Output to a file, not a pipe: a chatty process never blocks on it.
+        process = start_manage(command, *args, output=tmp_path / f"{command}-{len(started)}.log")
         started.append(process)
         return process
 
@@ -109,6 +90,7 @@ def test_a_rollback_releases_the_key() -> None:
     assert again.status == "queued"
 
 
+@pytest.mark.slow
 def test_a_finished_job_frees_the_key_for_a_new_one(manage: Any) -> None:
     first = unique_add.delay(3, 4)
     assert manage("rqworker", "default", "--burst").returncode == 0
@@ -229,6 +211,7 @@ def test_limits_are_kept_on_the_row() -> None:
 # -- concurrency and rate limits across worker processes ------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("worker_class", ["fork", "simple"])
 def test_concurrency_one_over_three_workers_never_overlaps(
     redis: Any, processes: Any, worker_class: str
@@ -246,6 +229,7 @@ def test_concurrency_one_over_three_workers_never_overlaps(
     assert any(row.scheduled_for for row in rows)  # some did wait: three workers took them at once
 
 
+@pytest.mark.slow
 def test_a_dead_work_horse_frees_its_slot(manage: Any) -> None:
     dies = holds_the_slot.delay(True)
     runs = holds_the_slot.delay(False)
@@ -255,6 +239,7 @@ def test_a_dead_work_horse_frees_its_slot(manage: Any) -> None:
     assert JobRecord.objects.get(pk=runs.id).scheduled_for is None
 
 
+@pytest.mark.slow
 def test_rate_limit_over_two_workers(redis: Any, processes: Any) -> None:
     processes("rqscheduler", "--interval", "0.2", "--lock-ttl", "2")
     start_workers(processes, redis, 2, "high", "default")
@@ -271,6 +256,7 @@ def test_rate_limit_over_two_workers(redis: Any, processes: Any) -> None:
     assert starts[-1] - starts[0] >= 2 - margin  # 15 starts at 5 a second span two seconds at least
 
 
+@pytest.mark.slow
 def test_jobs_over_the_limit_wait_in_the_database_one_slot_each(redis: Any, manage: Any) -> None:
     before = timezone.now()
     handles = [twice_a_minute.delay() for _ in range(5)]

@@ -10,9 +10,12 @@ import zipfile
 from importlib.metadata import requires
 from pathlib import Path
 
+import pytest
 import redis.utils
 
-from tests.conftest import ROOT, run_manage
+from tests.processes import ROOT, run_manage
+
+pytestmark = pytest.mark.slow  # pip wheel, and manage.py in a subprocess
 
 
 def test_wheel_contains_migrations_commands_and_py_typed(tmp_path: Path) -> None:

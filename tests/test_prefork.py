@@ -9,16 +9,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from django.db import connection
 
 from django_jobs.models import JobRecord
-from tests.conftest import ROOT, child_pythonpath, wait_for
-from tests.test_worker import start_worker, stop_worker
+from tests.processes import run_manage, start_manage, stop, wait_for
 from tests.testapp.jobs import add, bump, child_processes, pid, seen_from_inside, sleep_for, worker_children
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -40,14 +37,15 @@ def spare_of(worker: subprocess.Popen[str]) -> int:
     return found.pop()
 
 
+@pytest.mark.slow
 def test_each_job_runs_in_the_spare_forked_before_it(manage: Any) -> None:
-    worker = start_worker("default", "--name", "w-spare")
+    worker = start_manage("rqworker", "default", "--name", "w-spare")
     try:
         first_spare = spare_of(worker)
         first = pid.delay()
         ran_in = first.wait(timeout=60)
         if ran_in != first_spare:  # the process was there before the job; if not, say why
-            code, output = stop_worker(worker)
+            code, output = stop(worker)
             pytest.fail(f"job ran in {ran_in}, the spare was {first_spare}; the worker said:\n{output}")
         wait_for(lambda: gone(first_spare))  # used once, then it exited
         second_spare = spare_of(worker)
@@ -60,13 +58,14 @@ def test_each_job_runs_in_the_spare_forked_before_it(manage: Any) -> None:
         assert count == 1 and third_pid not in (first_spare, second_spare)
         assert JobRecord.objects.get(pk=second.id).worker_name == "w-spare"
     finally:
-        code, output = stop_worker(worker)
+        code, output = stop(worker)
     assert code == 0, output
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_the_spare_ends_with_its_worker(sig: signal.Signals) -> None:
-    worker = start_worker("default")
+    worker = start_manage("rqworker", "default")
     try:
         spare = spare_of(worker)
         worker.send_signal(sig)
@@ -79,8 +78,9 @@ def test_the_spare_ends_with_its_worker(sig: signal.Signals) -> None:
             worker.communicate()
 
 
+@pytest.mark.slow
 def test_a_spare_that_died_is_replaced_and_the_job_runs() -> None:
-    worker = start_worker("default")
+    worker = start_manage("rqworker", "default")
     try:
         spare = spare_of(worker)
         os.kill(spare, signal.SIGKILL)
@@ -93,21 +93,23 @@ def test_a_spare_that_died_is_replaced_and_the_job_runs() -> None:
         assert gone(spare)  # reaped by the worker, not left a zombie
         assert add.delay(2, 3).wait(timeout=60) == 5
     finally:
-        code, output = stop_worker(worker)
+        code, output = stop(worker)
     assert code == 0, output
     assert f"The spare work-horse {spare} of worker" in output and "is gone" in output
 
 
+@pytest.mark.slow
 def test_while_a_job_runs_the_next_spare_waits() -> None:
-    worker = start_worker("default")
+    worker = start_manage("rqworker", "default")
     try:
         spare_of(worker)
         assert worker_children.delay(1.0).wait(timeout=60) == 2  # this job's process and the spare
     finally:
-        code, output = stop_worker(worker)
+        code, output = stop(worker)
     assert code == 0, output
 
 
+@pytest.mark.slow
 def test_prefork_can_be_turned_off(manage: Any) -> None:
     counted = worker_children.delay(1.0)
     handles = [bump.delay() for _ in range(3)]
@@ -119,30 +121,16 @@ def test_prefork_can_be_turned_off(manage: Any) -> None:
     assert JobRecord.objects.get(pk=counted.id).result == 1  # no spare beside the job's process
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("worker_class", ["StopsBeforeFork", "StopsBeforeForkAtDequeue"])
 def test_a_stop_before_the_job_has_a_process_stops_it(worker_class: str) -> None:
     handle = sleep_for.delay(60)
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "tests.settings",
-        "DJANGO_JOBS_TEST_DB_NAME": str(connection.settings_dict["NAME"]),
-        "PYTHONPATH": child_pythonpath(),
-    }
     # A session of its own: a worker that killed its own process group must not take pytest along.
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "manage.py"),
-            "rqworker",
-            "--burst",
-            "--worker-class",
-            f"tests.testapp.workers.{worker_class}",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    result = run_manage(
+        "rqworker",
+        "--burst",
+        "--worker-class",
+        f"tests.testapp.workers.{worker_class}",
         start_new_session=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
@@ -174,12 +162,12 @@ def test_a_job_enqueued_with_plain_rq_reaches_the_spare_whole() -> None:
         retry=Retry(max=2, interval=[1, 2]),
         depends_on=parent,
     )
-    worker = start_worker("default", "--name", "w-whole")
+    worker = start_manage("rqworker", "default", "--name", "w-whole")
     try:
         spare_of(worker)
         view = get_job(rq_job.id).wait(timeout=60)
     finally:
-        code, output = stop_worker(worker)
+        code, output = stop(worker)
     assert code == 0, output
     assert "could not be read" not in output  # taken as handed over, with no fetch
     assert view == {
@@ -196,14 +184,15 @@ def test_a_job_enqueued_with_plain_rq_reaches_the_spare_whole() -> None:
     }
 
 
+@pytest.mark.slow
 def test_a_job_run_by_the_spare_sees_its_own_data() -> None:
-    worker = start_worker("default", "--name", "w-sees")
+    worker = start_manage("rqworker", "default", "--name", "w-sees")
     try:
         spare_of(worker)
         handles = [seen_from_inside.delay(value) for value in range(3)]
         views = [handle.wait(timeout=60) for handle in handles]
     finally:
-        code, output = stop_worker(worker)
+        code, output = stop(worker)
     assert code == 0, output
     assert "could not be read" not in output  # each took the job as handed over, with no fetch
     assert views == [

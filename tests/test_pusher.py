@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 from typing import Any
 
@@ -14,7 +13,8 @@ from django_jobs import get_queue
 from django_jobs.checks import check_options
 from django_jobs.models import JobRecord
 from django_jobs.pusher import flush
-from tests.conftest import run_manage
+from tests.ports import closed_port
+from tests.processes import run_manage
 from tests.testapp.jobs import add, echo
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -25,6 +25,7 @@ def background(settings: Any) -> None:
     settings.DJANGO_JOBS = {"PUSH": "background"}
 
 
+@pytest.mark.slow
 def test_delay_pushes_from_a_thread_and_the_jobs_run() -> None:
     handles = [add.delay(n, n) for n in range(50)]
     assert flush()
@@ -58,10 +59,7 @@ def test_canceled_before_the_commit_is_never_pushed() -> None:
 
 
 def test_redis_down_marks_the_rows_for_a_later_push() -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    with override_settings(RQ_QUEUES={"default": {"URL": f"redis://127.0.0.1:{port}/0"}}):
+    with override_settings(RQ_QUEUES={"default": {"URL": f"redis://127.0.0.1:{closed_port()}/0"}}):
         handles = [add.delay(n, 1) for n in range(3)]  # the caller does not wait for Redis
         assert flush(timeout=60)
     rows = JobRecord.objects.filter(pk__in=[h.id for h in handles])

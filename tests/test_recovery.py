@@ -18,16 +18,11 @@ from django.utils import timezone
 from django_jobs import get_queue, outcomes, recovery, spool
 from django_jobs.models import JobRecord
 from django_jobs.testing import RedisServer
-from tests.conftest import terminate, wait_for
 from tests.faultkit import database_outage_for_worker, start
+from tests.processes import stop, terminate, wait_for
 from tests.testapp.jobs import add, hangs, hangs_first_time, sleep_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def output_of(process: subprocess.Popen[str]) -> str:
-    terminate(process)
-    return process.stdout.read() if process.stdout else ""
 
 
 def read_pid(path: Path) -> int:
@@ -41,6 +36,7 @@ def status(job_id: str) -> str:
 # --- workers that die -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_jobs_of_killed_workers_are_retried_or_failed(tmp_path: Path) -> None:
     retried = hangs_first_time.delay(str(tmp_path / "calls"), str(tmp_path / "fork.pid"))
     failed = hangs.apply_async([str(tmp_path / "simple.pid")], queue="low")
@@ -64,7 +60,7 @@ def test_jobs_of_killed_workers_are_retried_or_failed(tmp_path: Path) -> None:
         for process in (forking, simple, survivor):
             if process is not None:
                 terminate(process)
-        log = output_of(scheduler)
+        log = stop(scheduler)[1]
 
     record = JobRecord.objects.get(pk=retried.id)
     assert (record.attempts, record.result, record.worker_name) == (2, "recovered", "survivor")
@@ -78,6 +74,7 @@ def test_jobs_of_killed_workers_are_retried_or_failed(tmp_path: Path) -> None:
     assert get_queue("low").started_job_registry.count == 0
 
 
+@pytest.mark.slow
 def test_a_live_worker_is_not_taken_for_dead(tmp_path: Path) -> None:
     handle = sleep_for.delay(6)  # longer than the heartbeat TTL (3 s) and the grace (1 s)
     worker = start("rqworker", "default", "--name", "alive")
@@ -86,11 +83,12 @@ def test_a_live_worker_is_not_taken_for_dead(tmp_path: Path) -> None:
         wait_for(lambda: status(handle.id) == "finished")
     finally:
         terminate(worker)
-        output_of(scheduler)
+        terminate(scheduler)
     record = JobRecord.objects.get(pk=handle.id)
     assert (record.attempts, record.error_history) == (1, [])
 
 
+@pytest.mark.slow
 def test_sigterm_lets_the_current_job_finish() -> None:
     handle = sleep_for.delay(3)
     worker = start("rqworker", "default", "--name", "warm-stop")
@@ -101,6 +99,7 @@ def test_sigterm_lets_the_current_job_finish() -> None:
     assert (record.status, record.result) == ("finished", 3)
 
 
+@pytest.mark.slow
 def test_a_job_taken_by_a_worker_that_died_before_starting_it_still_runs(manage: Any) -> None:
     handle = add.delay(2, 3)
     _backdate(handle.id)
@@ -120,6 +119,7 @@ def _backdate(*job_ids: str) -> None:
     JobRecord.objects.filter(pk__in=job_ids).update(enqueued_at=timezone.now() - timedelta(minutes=1))
 
 
+@pytest.mark.slow
 def test_redis_restarted_empty_loses_no_job(tmp_path: Path) -> None:
     own = RedisServer().start()
     queues = {name: {"URL": own.url} for name in ("default", "high", "low", "emails")}
@@ -163,29 +163,37 @@ def test_redis_restarted_empty_loses_no_job(tmp_path: Path) -> None:
         own.stop()
 
 
-def test_a_forking_worker_outlives_a_redis_outage_during_a_job() -> None:
+@pytest.mark.slow
+def test_a_forking_worker_outlives_a_redis_outage_during_a_job(tmp_path: Path) -> None:
     own = RedisServer().start()
     queues = {name: {"URL": own.url} for name in ("default", "high", "low", "emails")}
+    log_path = tmp_path / "worker.log"
     worker = None
     try:
         with override_settings(RQ_QUEUES=queues):
             # Long enough that Redis is back before the job ends, on a loaded machine too.
             handle = sleep_for.delay(10)
-            worker = start("rqworker", "default", "--name", "beats-through", env={"REDIS_URL": own.url})
+            worker = start(
+                "rqworker", "default", "--name", "beats-through", env={"REDIS_URL": own.url}, output=log_path
+            )
             wait_for(lambda: status(handle.id) == "started")
             own.stop()
-            time.sleep(2.5)  # the worker's heartbeats (one a second) fail meanwhile
+            # Down until a heartbeat of the worker (one a second) has failed.
+            wait_for(lambda: "Heartbeat of worker beats-through failed" in log_path.read_text())
             own.start()
             wait_for(lambda: status(handle.id) == "finished")
             assert worker.poll() is None  # still taking jobs
     finally:
-        log = output_of(worker) if worker is not None else ""
+        if worker is not None:
+            terminate(worker)
         own.stop()
+    log = log_path.read_text()
     assert "Heartbeat of worker beats-through failed (Redis unreachable)" in log
     record = JobRecord.objects.get(pk=handle.id)
     assert (record.attempts, record.result) == (1, 10)
 
 
+@pytest.mark.slow
 def test_rqreconcile_repairs_on_demand(manage: Any, redis: Any) -> None:
     handles = [add.delay(n, 1) for n in range(3)]
     fresh = add.delay(9, 9)
@@ -213,26 +221,37 @@ def test_rqreconcile_repairs_on_demand(manage: Any, redis: Any) -> None:
 # --- the database going away ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("worker_class", ["fork", "batch"])
-def test_outcomes_survive_a_database_outage(worker_class: str) -> None:
+def test_outcomes_survive_a_database_outage(worker_class: str, tmp_path: Path) -> None:
+    log_path = tmp_path / "worker.log"
     with database_outage_for_worker() as (env, outage):
         first = sleep_for.delay(1)
         second = add.delay(2, 2)
         worker = start(
-            "rqworker", "default", "--name", "through-the-outage", "--worker-class", worker_class, env=env
+            "rqworker",
+            "default",
+            "--name",
+            "through-the-outage",
+            "--worker-class",
+            worker_class,
+            env=env,
+            output=log_path,
         )
         try:
             wait_for(lambda: status(first.id) == "started")
             with outage():
-                # Both jobs end while the database cannot be written; the worker lives on.
+                # Both jobs end while the database cannot be written; the worker lives on,
+                # trying the database again (after 1 s, then 2 s) while it is down.
                 queue = get_queue("default")
                 wait_for(lambda: queue.count == 0 and not queue.started_job_registry.count)
-                time.sleep(3)
+                wait_for(lambda: log_path.read_text().count("Database still unavailable") >= 2)
                 assert worker.poll() is None
             wait_for(lambda: status(first.id) == status(second.id) == "finished")
             assert worker.poll() is None
         finally:
-            log = output_of(worker)
+            terminate(worker)
+    log = log_path.read_text()
     assert "keeping it in Redis until the database is back" in log
     assert JobRecord.objects.get(pk=first.id).result == 1
     record = JobRecord.objects.get(pk=second.id)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
 from typing import Any
 
@@ -15,7 +14,8 @@ from django.utils import timezone
 from django_jobs import get_queue
 from django_jobs.models import JobRecord
 from django_jobs.pusher import flush, row_writer
-from tests.conftest import run_manage, wait_for
+from tests.ports import closed_port
+from tests.processes import run_manage, wait_for
 from tests.testapp.jobs import add, echo, enqueue_echo, five_a_second, flaky, unique_add
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -26,6 +26,7 @@ def redis_first(settings: Any) -> None:
     settings.DJANGO_JOBS = {"PUSH": "redis-first"}
 
 
+@pytest.mark.slow
 def test_the_job_is_in_redis_when_delay_returns_and_its_row_follows() -> None:
     handles = [add.delay(n, n) for n in range(50)]
     # Pushed by .delay() itself, before any row write was waited for.
@@ -80,14 +81,8 @@ def test_jobs_that_need_their_row_first_are_enqueued_as_before() -> None:
     assert get_queue("default").fetch_job(chosen.id).args == [1, 1]
 
 
-def _closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def test_redis_down_writes_the_row_at_once_marked_for_a_later_push(caplog: Any) -> None:
-    with override_settings(RQ_QUEUES={"default": {"URL": f"redis://127.0.0.1:{_closed_port()}/0"}}):
+    with override_settings(RQ_QUEUES={"default": {"URL": f"redis://127.0.0.1:{closed_port()}/0"}}):
         handle = add.delay(4, 4)
     assert row_writer.idle()
     row = JobRecord.objects.get(pk=handle.id)
@@ -95,6 +90,7 @@ def test_redis_down_writes_the_row_at_once_marked_for_a_later_push(caplog: Any) 
     assert "Its row is written now, queued with needs_push set" in caplog.text
 
 
+@pytest.mark.slow
 def test_a_worker_that_takes_the_job_first_writes_the_row_and_the_late_insert_keeps_it() -> None:
     # The row writer cannot take its batch while this thread holds its lock.
     with row_writer.lock:
@@ -121,6 +117,7 @@ with row_writer.lock:  # the process dies before its row writer can run
 """
 
 
+@pytest.mark.slow
 def test_a_process_that_dies_before_writing_its_rows_loses_no_job_nor_its_retries(tmp_path: Any) -> None:
     marker = tmp_path / "count"
     options = {"DJANGO_JOBS_TEST_OPTIONS": json.dumps({"PUSH": "redis-first"})}
@@ -187,6 +184,7 @@ def test_a_start_written_back_from_the_spool_makes_the_missing_row(redis: Any) -
     assert JobRecord.objects.get(pk=kept.id).status == "started"
 
 
+@pytest.mark.slow
 def test_a_work_horse_writes_the_rows_of_the_jobs_it_enqueued_before_it_exits() -> None:
     options = {"DJANGO_JOBS_TEST_OPTIONS": json.dumps({"PUSH": "redis-first"})}
     parents = [enqueue_echo.delay(value) for value in range(3)]

@@ -82,6 +82,7 @@ def test_the_policy_travels_with_the_row() -> None:
 # --- retries in a worker -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_retry_wait_is_held_by_the_database_not_by_rq(manage: Any, tmp_path: Any) -> None:
     marker = str(tmp_path / "calls")
     handle = fails_once_then_waits.delay(marker)
@@ -108,6 +109,7 @@ def test_a_retry_wait_is_held_by_the_database_not_by_rq(manage: Any, tmp_path: A
     assert (record.status, record.attempts, record.result) == ("finished", 2, "second call")
 
 
+@pytest.mark.slow
 def test_retry_on_retries_only_the_named_errors(manage: Any, tmp_path: Any) -> None:
     retried = picky.delay(str(tmp_path / "a"), "connection")
     not_retried = picky.delay(str(tmp_path / "b"), "value")
@@ -125,6 +127,7 @@ def test_retry_on_retries_only_the_named_errors(manage: Any, tmp_path: Any) -> N
     assert (tmp_path / "b").read_text() == "1"
 
 
+@pytest.mark.slow
 def test_a_canceled_job_is_not_retried(manage: Any, tmp_path: Any) -> None:
     handle = fails_once_then_waits.delay(str(tmp_path / "calls"))
     assert manage("rqworker", "--burst").returncode == 0
@@ -140,6 +143,7 @@ def test_a_canceled_job_is_not_retried(manage: Any, tmp_path: Any) -> None:
 # --- timeouts and jobs that exit -----------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("worker_class", ["fork", "simple", "batch"])
 def test_a_job_over_its_timeout_is_stopped_and_fails(manage: Any, worker_class: str) -> None:
     handle = overruns.delay(30)
@@ -152,6 +156,7 @@ def test_a_job_over_its_timeout_is_stopped_and_fails(manage: Any, worker_class: 
     assert JobRecord.objects.get(pk=after.id).status == "finished"  # the worker went on
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("worker_class", ["fork", "simple", "batch"])
 def test_sys_exit_in_a_job_fails_it_and_the_worker_goes_on(manage: Any, worker_class: str) -> None:
     handle = calls_sys_exit.delay(3)
@@ -164,6 +169,7 @@ def test_sys_exit_in_a_job_fails_it_and_the_worker_goes_on(manage: Any, worker_c
     assert JobRecord.objects.get(pk=after.id).status == "finished"
 
 
+@pytest.mark.slow
 def test_os_exit_kills_only_the_work_horse(manage: Any) -> None:
     handle = calls_os_exit.delay(4)
     after = add.delay(1, 2)
@@ -196,6 +202,7 @@ def _old_job(func_name: str, args: list[Any], kwargs: dict[str, Any], options: d
     return job_id
 
 
+@pytest.mark.slow
 def test_arguments_that_no_longer_fit_fail_clearly_without_retries(manage: Any) -> None:
     job_id = _old_job("tests.testapp.jobs.add", [1], {"c": 2}, {"retry_max": 3})
     after = add.delay(1, 2)
@@ -207,6 +214,7 @@ def test_arguments_that_no_longer_fit_fail_clearly_without_retries(manage: Any) 
     assert JobRecord.objects.get(pk=after.id).status == "finished"
 
 
+@pytest.mark.slow
 def test_a_removed_function_fails_clearly(manage: Any) -> None:
     job_id = _old_job("tests.testapp.jobs.was_removed", [], {}, {})
     assert manage("rqworker", "--burst").returncode == 0
@@ -215,6 +223,7 @@ def test_a_removed_function_fails_clearly(manage: Any) -> None:
     assert "Cannot import the job function 'tests.testapp.jobs.was_removed'" in record.error
 
 
+@pytest.mark.slow
 def test_a_malformed_payload_in_redis_is_replaced_from_the_row(manage: Any, redis: Any) -> None:
     handle = echo.delay({"keep": "me"})
     redis.hset(f"rq:job:{handle.id}", "data", b"\x00\x01 not a payload")
@@ -228,6 +237,7 @@ def test_a_malformed_payload_in_redis_is_replaced_from_the_row(manage: Any, redi
     assert JobRecord.objects.get(pk=after.id).status == "finished"
 
 
+@pytest.mark.slow
 def test_a_payload_damaged_again_ends_failed(manage: Any, redis: Any) -> None:
     from django_jobs.worker import JobsJob
 
@@ -245,6 +255,7 @@ def test_a_payload_damaged_again_ends_failed(manage: Any, redis: Any) -> None:
     assert "could not be read" in record.error
 
 
+@pytest.mark.slow
 def test_an_unknown_queue_on_the_command_line_is_refused(manage: Any) -> None:
     result = manage("rqworker", "default", "nope", "--burst")
     assert result.returncode != 0

@@ -275,6 +275,7 @@ def test_command_refuses_bad_flags(rows: dict[str, set[str]], args: tuple[str, .
     assert ids() == before
 
 
+@pytest.mark.slow
 def test_command_through_manage_py(manage: Any) -> None:
     result = manage("rqprune", "--batch-size", "20000")
     assert result.returncode == 1

@@ -20,6 +20,7 @@ def test_unknown_queue_is_a_command_error_listing_valid_ones() -> None:
     assert "default, high, low, emails" in str(info.value)
 
 
+@pytest.mark.slow
 def test_unknown_queue_from_the_shell(manage: Any) -> None:
     result = manage("rqworker", "nope", "--burst")
     assert result.returncode == 1
@@ -49,6 +50,7 @@ def test_unreachable_redis_is_a_command_error(settings: Any) -> None:
         call_command("rqworker", "--burst")
 
 
+@pytest.mark.slow
 def test_max_jobs_and_name(manage: Any) -> None:
     handles = [add.delay(i, i) for i in range(3)]
     result = manage("rqworker", "--burst", "--max-jobs", "2", "--name", "named-worker")
@@ -58,6 +60,7 @@ def test_max_jobs_and_name(manage: Any) -> None:
     assert JobRecord.objects.get(pk=handles[0].id).worker_name == "named-worker"
 
 
+@pytest.mark.slow
 def test_simple_worker_class_from_the_command_line(manage: Any) -> None:
     handles = [add.delay(1, 2) for _ in range(3)]
     result = manage("rqworker", "default", "--burst", "--worker-class", "simple")
@@ -65,6 +68,7 @@ def test_simple_worker_class_from_the_command_line(manage: Any) -> None:
     assert [JobRecord.objects.get(pk=h.id).result for h in handles] == [3, 3, 3]
 
 
+@pytest.mark.slow
 def test_pool_runs_several_worker_processes(manage: Any) -> None:
     handles = [sleep_for.delay(0.5) for _ in range(8)]
     result = manage("rqworker", "default", "--burst", "--pool", "2", "--name", "pooled")
@@ -74,6 +78,7 @@ def test_pool_runs_several_worker_processes(manage: Any) -> None:
     assert {r.worker_name for r in records} == {"pooled-1", "pooled-2"}
 
 
+@pytest.mark.slow
 def test_with_scheduler_flag_runs_rq_scheduled_jobs(manage: Any) -> None:
     from datetime import timedelta
 

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
-import os
-import signal
 import subprocess
 import sys
-import time
 import zoneinfo
 from typing import Any
 
 import pytest
 from croniter import croniter
 from django.core.exceptions import ValidationError
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 from hypothesis import example, given
 from hypothesis import settings as hypothesis_settings
@@ -25,39 +21,10 @@ from django_jobs import get_queue
 from django_jobs.cron import next_cron_run, next_run, validate_schedule
 from django_jobs.models import JobRecord, MissedRunPolicy, PeriodicJob
 from django_jobs.scheduler import LEADER_KEY, promote_due, run_periodic, sync_schedules
-from tests.conftest import ROOT, child_pythonpath, wait_for
+from tests.processes import ROOT, manage_env, start_manage, stop, wait_for
 from tests.testapp.jobs import add, nightly_cleanup
 
 db = pytest.mark.django_db(transaction=True)
-
-
-def start(command: str, *args: str, schedule: dict[str, Any] | None = None) -> subprocess.Popen[str]:
-    env = dict(os.environ)
-    env.update(
-        DJANGO_SETTINGS_MODULE="tests.settings",
-        DJANGO_JOBS_TEST_DB_NAME=str(connection.settings_dict["NAME"]),
-        PYTHONPATH=child_pythonpath(),
-    )
-    if schedule is not None:
-        env["DJANGO_JOBS_TEST_SCHEDULE"] = json.dumps(schedule)
-    return subprocess.Popen(
-        [sys.executable, str(ROOT / "manage.py"), command, *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def stop(process: subprocess.Popen[str]) -> str:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-    try:
-        return process.communicate(timeout=30)[0]
-    except subprocess.TimeoutExpired:
-        process.kill()
-        return process.communicate()[0]
 
 
 # -- delays ---------------------------------------------------------------------------
@@ -121,6 +88,7 @@ def test_rolled_back_delay_schedules_nothing() -> None:
     assert not JobRecord.objects.filter(pk=handle.id).exists()
 
 
+@pytest.mark.slow
 @db
 def test_due_job_survives_a_redis_flush_and_runs(redis: Any, manage: Any) -> None:
     handle = add.apply_async((20, 22), countdown=1)
@@ -135,23 +103,24 @@ def test_due_job_survives_a_redis_flush_and_runs(redis: Any, manage: Any) -> Non
 def test_canceled_before_due_never_runs() -> None:
     handle = add.apply_async((1, 1), countdown=1)
     assert handle.cancel() is True
-    time.sleep(1.1)
-    assert promote_due(timezone.now()) == 0
+    due = JobRecord.objects.get(pk=handle.id).scheduled_for
+    assert promote_due(due + dt.timedelta(seconds=1)) == 0  # the scheduler's pass once it is due
     assert JobRecord.objects.get(pk=handle.id).status == "canceled"
 
 
+@pytest.mark.slow
 @db
 def test_running_scheduler_moves_due_rows_and_survives_a_restart() -> None:
-    scheduler = start("rqscheduler", "--interval", "0.2", "--lock-ttl", "2")
+    scheduler = start_manage("rqscheduler", "--interval", "0.2", "--lock-ttl", "2")
     try:
         first = add.apply_async((1, 1), countdown=1)
         wait_for(lambda: first.status == "queued")
     finally:
         stop(scheduler)
     second = add.apply_async((2, 2), countdown=1)
-    time.sleep(1.2)
-    assert second.status == "scheduled"  # no scheduler running: it waits in the database
-    scheduler = start("rqscheduler", "--interval", "0.2", "--lock-ttl", "2")
+    wait_for(lambda: timezone.now() >= JobRecord.objects.get(pk=second.id).scheduled_for)
+    assert second.status == "scheduled"  # due, and no scheduler running: it waits in the database
+    scheduler = start_manage("rqscheduler", "--interval", "0.2", "--lock-ttl", "2")
     try:
         wait_for(lambda: second.status == "queued")
     finally:
@@ -338,11 +307,12 @@ def test_daily_cron_keeps_its_hour_across_spring_and_autumn_changes(hour: int, d
 # -- two schedulers, one leader -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @db
 def test_two_schedulers_fire_each_run_once_and_the_standby_takes_over(redis: Any) -> None:
     schedule = {"every-second": {"func": "tests.testapp.jobs.add", "interval": 1, "args": [1, 1]}}
-    a = start("rqscheduler", "--interval", "0.2", "--lock-ttl", "2", "--name", "a", schedule=schedule)
-    b = start("rqscheduler", "--interval", "0.2", "--lock-ttl", "2", "--name", "b", schedule=schedule)
+    a = start_manage("rqscheduler", "--interval", "0.2", "--lock-ttl", "2", "--name", "a", schedule=schedule)
+    b = start_manage("rqscheduler", "--interval", "0.2", "--lock-ttl", "2", "--name", "b", schedule=schedule)
     processes = {"a": a, "b": b}
     try:
 
@@ -374,6 +344,7 @@ def test_two_schedulers_fire_each_run_once_and_the_standby_takes_over(redis: Any
             stop(process)
 
 
+@pytest.mark.slow
 @db
 def test_rqscheduler_flags_are_checked(manage: Any) -> None:
     result = manage("rqscheduler", "--interval", "2", "--lock-ttl", "1")
@@ -403,29 +374,31 @@ def test_rq_scheduler_jobs_keep_running_under_the_lease(settings: Any, redis: An
     assert repeating.id in legacy  # rq-scheduler put its next run back
 
 
+@pytest.mark.slow
 @db
 def test_without_rq_scheduler_the_command_says_how_to_migrate(redis: Any) -> None:
     redis.zadd("rq:scheduler:scheduled_jobs", {"some-old-job": 0})
-    env = dict(os.environ, DJANGO_SETTINGS_MODULE="tests.settings", PYTHONPATH=child_pythonpath())
-    env["DJANGO_JOBS_TEST_DB_NAME"] = str(connection.settings_dict["NAME"])
     code = (
         "import sys; sys.modules['rq_scheduler'] = None\n"  # as if the package were not installed
         "from django.core.management import execute_from_command_line\n"
         "execute_from_command_line(['manage.py', 'rqscheduler', '--burst'])\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=manage_env(), capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
     assert "1 job(s) scheduled with rq-scheduler wait in Redis" in result.stderr
     assert "pip install 'django-jobs[rq-scheduler]'" in result.stderr
 
 
+@pytest.mark.slow
 @db
 def test_rqworker_with_scheduler_hosts_the_loop(redis: Any) -> None:
-    worker = start("rqworker", "default", "--with-scheduler")
+    worker = start_manage("rqworker", "default", "--with-scheduler")
     try:
         handle = add.apply_async((4, 5), countdown=1)
         assert handle.wait(timeout=60) == 9
         wait_for(lambda: redis.get(LEADER_KEY))  # its scheduler holds the lease
     finally:
-        output = stop(worker)
+        output = stop(worker)[1]
     assert "Traceback" not in output, output

@@ -15,7 +15,7 @@ from django_jobs import get_queue, push_ahead, records
 from django_jobs.models import JobRecord
 from django_jobs.pusher import flush
 from django_jobs.spec import JobSpec
-from tests.test_redis_first import _closed_port
+from tests.ports import closed_port
 from tests.test_sent_start import other_session, row_seen_elsewhere
 from tests.testapp.jobs import add, echo
 
@@ -182,7 +182,7 @@ def test_a_row_a_worker_wrote_first_keeps_its_run_and_gets_the_enqueue_side() ->
 
 @postgresql_only
 def test_redis_down_marks_the_sent_row_for_a_later_push(caplog: Any) -> None:
-    with override_settings(RQ_QUEUES={"default": {"URL": f"redis://127.0.0.1:{_closed_port()}/0"}}):
+    with override_settings(RQ_QUEUES={"default": {"URL": f"redis://127.0.0.1:{closed_port()}/0"}}):
         handle = add.delay(4, 4)
     row = JobRecord.objects.get(pk=handle.id)
     assert (row.status, row.needs_push, row.args) == ("queued", True, [4, 4])

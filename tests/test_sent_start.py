@@ -16,7 +16,7 @@ from rq.job import Job
 from django_jobs import records
 from django_jobs.models import JobRecord
 from django_jobs.queues import get_connection, resolve_serializer
-from tests.conftest import run_manage, wait_for
+from tests.processes import run_manage, wait_for
 from tests.testapp.jobs import add
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -75,6 +75,7 @@ def test_the_sent_start_commits_even_if_its_answer_is_never_read() -> None:
     assert wait_for(lambda: row_seen_elsewhere(handle.id) == ("started", 1, "w-sent"), timeout=30)
 
 
+@pytest.mark.slow
 @postgresql_only
 def test_the_sent_start_commits_when_the_sending_process_is_killed() -> None:
     handle = add.delay(1, 2)

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from typing import Any
 
 import pytest
@@ -17,40 +13,13 @@ from django_jobs.push import push
 from django_jobs.records import create
 from django_jobs.spec import JobSpec
 from django_jobs.testing import run_burst
-from tests.conftest import ROOT, child_pythonpath, wait_for
+from tests.processes import start_manage, stop, wait_for
 from tests.testapp.jobs import add, count_rows, echo, explode, flaky, pid, returns_object, sleep_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def start_worker(*args: str) -> subprocess.Popen[str]:
-    env = dict(os.environ)
-    env.update(
-        DJANGO_SETTINGS_MODULE="tests.settings",
-        DJANGO_JOBS_TEST_DB_NAME=str(connection.settings_dict["NAME"]),
-        PYTHONPATH=child_pythonpath(),
-    )
-    return subprocess.Popen(
-        [sys.executable, str(ROOT / "manage.py"), "rqworker", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def stop_worker(worker: subprocess.Popen[str]) -> tuple[int, str]:
-    """Warm-stop a worker (SIGTERM); kill it if it is still busy after a while. Return (code, output)."""
-    worker.send_signal(signal.SIGTERM)
-    try:
-        output = worker.communicate(timeout=30)[0]
-    except subprocess.TimeoutExpired:
-        worker.kill()
-        output = worker.communicate()[0]
-    return worker.returncode, output
-
-
+@pytest.mark.slow
 def test_forking_worker_records_start_and_finish(manage: Any) -> None:
     handle = add.delay(2, 3)
     result = manage("rqworker", "default", "--burst", "--name", "w-finish")
@@ -65,6 +34,7 @@ def test_forking_worker_records_start_and_finish(manage: Any) -> None:
     assert handle.status == "finished" and handle.result == 5
 
 
+@pytest.mark.slow
 def test_each_job_runs_in_a_forked_horse(manage: Any) -> None:
     first, second = pid.delay(), pid.delay()
     assert manage("rqworker", "--burst").returncode == 0
@@ -72,6 +42,7 @@ def test_each_job_runs_in_a_forked_horse(manage: Any) -> None:
     assert len(pids) == 2  # one fresh process per job
 
 
+@pytest.mark.slow
 def test_failure_keeps_type_message_and_full_traceback(manage: Any) -> None:
     handle = explode.delay("card declined")
     assert manage("rqworker", "low", "--burst").returncode == 0
@@ -87,6 +58,7 @@ def test_failure_keeps_type_message_and_full_traceback(manage: Any) -> None:
         handle.wait(timeout=1)
 
 
+@pytest.mark.slow
 def test_queues_are_served_in_the_given_priority_order(manage: Any) -> None:
     low_first = add.delay(1, 1)  # default queue, enqueued first
     high_later = echo.delay("urgent")  # high queue, enqueued second
@@ -97,6 +69,7 @@ def test_queues_are_served_in_the_given_priority_order(manage: Any) -> None:
     assert high.started_at < low.started_at
 
 
+@pytest.mark.slow
 def test_missing_function_fails_clearly_and_the_worker_goes_on(manage: Any) -> None:
     create(
         job_id="gone-function",
@@ -131,6 +104,7 @@ def test_missing_function_fails_clearly_and_the_worker_goes_on(manage: Any) -> N
     assert JobRecord.objects.get(pk=after.id).status == "finished"
 
 
+@pytest.mark.slow
 def test_non_json_result_fails_with_a_clear_error(manage: Any) -> None:
     handle = returns_object.delay()
     assert manage("rqworker", "--burst").returncode == 0
@@ -139,6 +113,7 @@ def test_non_json_result_fails_with_a_clear_error(manage: Any) -> None:
     assert "returned a value that is not JSON serializable" in record.error
 
 
+@pytest.mark.slow
 def test_job_uses_the_database_inside_the_horse(manage: Any) -> None:
     add.delay(1, 1)
     handle = count_rows.delay()
@@ -146,6 +121,7 @@ def test_job_uses_the_database_inside_the_horse(manage: Any) -> None:
     assert JobRecord.objects.get(pk=handle.id).result == 2
 
 
+@pytest.mark.slow
 def test_retry_counts_attempts_and_ends_finished(manage: Any, tmp_path: Any) -> None:
     marker = str(tmp_path / "count")
     handle = flaky.delay(marker)
@@ -157,6 +133,7 @@ def test_retry_counts_attempts_and_ends_finished(manage: Any, tmp_path: Any) -> 
     assert record.result == "ok after 3"
 
 
+@pytest.mark.slow
 def test_retries_exhausted_ends_failed_with_the_last_error(manage: Any, tmp_path: Any) -> None:
     marker = tmp_path / "count"
     marker.write_text("-5")  # needs 8 calls to succeed; 1 try + 2 retries are not enough
@@ -168,9 +145,10 @@ def test_retries_exhausted_ends_failed_with_the_last_error(manage: Any, tmp_path
     assert "RuntimeError: attempt -2 fails" in record.error
 
 
+@pytest.mark.slow
 def test_stop_a_started_job() -> None:
     handle = sleep_for.delay(60)
-    worker = start_worker("default", "--name", "w-stop")
+    worker = start_manage("rqworker", "default", "--name", "w-stop")
     try:
         wait_for(lambda: handle.status == "started")
         assert handle.stop() is True
@@ -181,9 +159,10 @@ def test_stop_a_started_job() -> None:
         after = add.delay(2, 2)  # the worker survives and goes on
         assert after.wait(timeout=60) == 4
     finally:
-        stop_worker(worker)
+        stop(worker)
 
 
+@pytest.mark.slow
 def test_cancel_a_queued_job(manage: Any) -> None:
     handle = add.delay(1, 1)
     assert handle.cancel() is True
@@ -195,13 +174,14 @@ def test_cancel_a_queued_job(manage: Any) -> None:
     assert handle.cancel() is False  # already final
 
 
+@pytest.mark.slow
 def test_wait_returns_the_result_from_a_running_worker() -> None:
-    worker = start_worker("default", "high")
+    worker = start_manage("rqworker", "default", "high")
     try:
         assert add.delay(20, 22).wait(timeout=60) == 42
         assert echo.delay({"nested": [1, "two"]}).wait(timeout=60) == {"nested": [1, "two"]}
     finally:
-        assert stop_worker(worker)[0] == 0
+        assert stop(worker)[0] == 0
 
 
 def test_wait_times_out_without_a_worker() -> None:
@@ -232,6 +212,7 @@ def test_job_enqueued_with_plain_rq_still_gets_a_row() -> None:
     )
 
 
+@pytest.mark.slow
 def test_dependent_job_runs_after_its_dependency(manage: Any) -> None:
     first = add.delay(1, 1)
     second = add.apply_async((2, 2), depends_on=first)
@@ -252,15 +233,14 @@ def _kill_database_connections() -> None:
         )
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="needs PostgreSQL to kill server connections")
 @pytest.mark.parametrize("worker_class", ["fork", "simple"])
 def test_database_restart_between_jobs_causes_no_error(worker_class: str) -> None:
     # Persistent connections in the worker: the hardest case, a connection kept across jobs.
-    os.environ["DJANGO_JOBS_TEST_CONN_MAX_AGE"] = "600"
-    try:
-        worker = start_worker("default", "--worker-class", worker_class)
-    finally:
-        del os.environ["DJANGO_JOBS_TEST_CONN_MAX_AGE"]
+    worker = start_manage(
+        "rqworker", "default", "--worker-class", worker_class, env={"DJANGO_JOBS_TEST_CONN_MAX_AGE": "600"}
+    )
     try:
         assert add.delay(1, 1).wait(timeout=60) == 2
         _kill_database_connections()
@@ -268,7 +248,7 @@ def test_database_restart_between_jobs_causes_no_error(worker_class: str) -> Non
         assert second.wait(timeout=60) == 4
         assert JobRecord.objects.get(pk=second.id).attempts == 1
     finally:
-        output = stop_worker(worker)[1]
+        output = stop(worker)[1]
     assert "Could not record" not in output
     assert "Traceback" not in output
 
@@ -303,6 +283,7 @@ def test_async_false_inside_a_test_transaction(
         assert JobRecord.objects.filter(pk=handle.id, status="finished").exists()
 
 
+@pytest.mark.slow
 def test_job_returning_rq_retry_is_run_again_then_fails(manage: Any) -> None:
     from tests.testapp.jobs import asks_for_retry
 

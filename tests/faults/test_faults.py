@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 from django.db import connection
@@ -36,11 +36,11 @@ from django_jobs.models import FINAL_STATUSES, JobRecord
 from django_jobs.queues import get_connection
 from django_jobs.scheduler import LEADER_KEY
 from django_jobs.testing import RedisServer
-from tests.conftest import terminate, wait_for
 from tests.faultkit import FAST, children, database_outage_for_worker, start
+from tests.processes import terminate, wait_for
 from tests.testapp.jobs import fault_failing, fault_fast, fault_retrying, fault_slow
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 SEED = int(os.environ.get("DJANGO_JOBS_FAULTS_SEED") or 20_250_611)
 
@@ -75,7 +75,6 @@ class Fleet:
     env: dict[str, str]
     processes: dict[str, subprocess.Popen[str]] = field(default_factory=dict)
     classes: dict[str, str] = field(default_factory=dict)
-    outputs: list[IO[str]] = field(default_factory=list)
     killed: list[str] = field(default_factory=list)
     #: The jobs (by key) whose run a kill ended.
     killed_jobs: set[str] = field(default_factory=set)
@@ -86,13 +85,11 @@ class Fleet:
         """Start a worker of class ``kind`` ("fork", "simple"), or the scheduler ("scheduler")."""
         self.started += 1
         name = f"{kind}-{self.started}"
-        output = open(self.directory / f"{name}.log", "w")  # noqa: SIM115 (closed in stop())
-        self.outputs.append(output)
         if kind == "scheduler":
             args: tuple[str, ...] = ("rqscheduler",)
         else:
             args = ("rqworker", *QUEUES, "--name", name, "--worker-class", kind)
-        self.processes[name] = start(*args, env=self.env, output=output, options=FAST)
+        self.processes[name] = start(*args, env=self.env, output=self.directory / f"{name}.log", options=FAST)
         self.classes[name] = kind
         return name
 
@@ -178,8 +175,6 @@ class Fleet:
     def stop(self) -> None:
         for process in self.processes.values():
             terminate(process)
-        for output in self.outputs:
-            output.close()
 
     def log(self) -> str:
         return "".join(path.read_text() for path in sorted(self.directory.glob("*.log")))
