@@ -139,6 +139,7 @@ def test_a_stop_before_the_job_has_a_process_stops_it(worker_class: str) -> None
     assert record.attempts == 1
 
 
+@pytest.mark.slow
 def test_a_job_enqueued_with_plain_rq_reaches_the_spare_whole() -> None:
     from rq import Queue, Retry
     from rq.serializers import JSONSerializer
