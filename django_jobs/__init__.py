@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -44,11 +45,9 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy, so that `from django_jobs import job` works in modules imported
-    # while Django's app registry is still loading (models need it ready).
+    # Lazy: `import django_jobs` (and so any of its modules) loads none of the others, and
+    # needs no settings; a name is imported when it is first used.
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'django_jobs' has no attribute {name!r}")
-    from importlib import import_module
-
     return getattr(import_module(f".{module}", __name__), name)

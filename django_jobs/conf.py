@@ -161,8 +161,9 @@ def parse_retention(value: Any) -> dict[str, timedelta | None]:
     """``RETENTION`` as written → how long each final status is kept (None: forever).
 
     Statuses the value leaves out keep their default (forever, for a final status that
-    :data:`DEFAULTS` does not name); ``None`` instead of a dict keeps every row forever. A malformed value raises
-    ``ImproperlyConfigured`` (check ``django_jobs.E008`` reports it earlier).
+    :data:`DEFAULTS` does not name); ``None`` instead of a dict keeps every row forever. A
+    malformed value raises ``ImproperlyConfigured`` (check ``django_jobs.E008`` reports it
+    earlier).
     """
     found = retention_problems(value)
     if found:

