@@ -27,7 +27,7 @@ def reset_database_connections() -> None:
     error) is also checked with a round trip, so that a database restarted
     between two jobs costs a reconnect, not an error. Jobs that follow each
     other closely skip that round trip; if their connection broke all the
-    same, the row writes are retried on a new one (see ``_write``).
+    same, the row writes are retried on a new one (see ``outcomes.record``).
     """
     global _last_reset
     now = time.monotonic()
