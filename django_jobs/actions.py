@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db import transaction
 from django.db.models import QuerySet
 from redis.exceptions import RedisError
 from rq.command import send_stop_job_command
@@ -95,17 +94,17 @@ def requeue(queryset: QuerySet[JobRecord]) -> ActionResult:
     outcome = ActionResult("requeued")
     using = records.db_alias()
     for batch in _batches(queryset):
-        rows = _split(batch, REQUEUEABLE, outcome)
-        if not rows:
-            continue
-        with transaction.atomic(using=using):
-            records.mark_requeued([row["pk"] for row in rows])
+        chosen = _split(batch, REQUEUEABLE, outcome)
+        requeued = records.mark_requeued([row["pk"] for row in chosen])
+        rows = [row for row in chosen if row["pk"] in requeued]
+        outcome.skipped["because they had moved on meanwhile"] += len(chosen) - len(rows)
         for row in rows:
             # The push below is what matters; it marks the row if Redis is away.
             with contextlib.suppress(RedisError, ValueError):
                 get_queue(row["queue"]).failed_job_registry.remove(row["pk"])
             push(JobSpec.from_row(row, using))
         outcome.done += len(rows)
+    outcome.skipped = +outcome.skipped  # drop zero counts
     return outcome
 
 
@@ -121,8 +120,10 @@ def cancel(queryset: QuerySet[JobRecord]) -> ActionResult:
                 continue
             with contextlib.suppress(InvalidJobOperation):  # already canceled in Redis
                 job.cancel()
-        records.mark_canceled_many([row["pk"] for row in rows])
-        outcome.done += len(rows)
+        canceled = records.mark_canceled_many([row["pk"] for row in rows])
+        outcome.done += canceled
+        outcome.skipped["because they had started meanwhile"] += len(rows) - canceled
+    outcome.skipped = +outcome.skipped  # drop zero counts
     return outcome
 
 

@@ -405,21 +405,28 @@ def mark_failed(job_id: str, error: str, status: str = JobStatus.FAILED) -> None
     _rows("fail", job_id).update(status=status, error=error, error_history=history, ended_at=now)
 
 
-def mark_requeued(job_ids: list[str]) -> int:
-    """Make final jobs wait again, as a new attempt of the same rows (errors are kept).
+def mark_requeued(job_ids: list[str]) -> set[str]:
+    """Make final jobs wait again, as a new attempt of the same rows (errors are kept); return
+    the ids of the rows requeued (not those that moved on meanwhile, e.g. requeued by another).
 
     A unique job run again this way gives up its key: a newer job may hold it.
     """
-    return int(
-        _rows("requeue", *job_ids).update(
-            status=JobStatus.QUEUED,
-            result=None,
-            started_at=None,
-            ended_at=None,
-            needs_push=False,
-            unique_key=None,
-        )
-    )
+    if not job_ids:
+        return set()
+    using = db_alias()
+    with transaction.atomic(using=using):
+        # Locked on PostgreSQL until the update; SQLite lets one writer in at a time anyway.
+        requeued = set(_rows("requeue", *job_ids).select_for_update().values_list("pk", flat=True))
+        if requeued:
+            JobRecord.objects.using(using).filter(pk__in=requeued).update(
+                status=JobStatus.QUEUED,
+                result=None,
+                started_at=None,
+                ended_at=None,
+                needs_push=False,
+                unique_key=None,
+            )
+    return requeued
 
 
 def mark_canceled_many(job_ids: list[str]) -> int:

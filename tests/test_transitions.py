@@ -117,3 +117,13 @@ def test_the_where_clause_comes_from_the_table() -> None:
 def test_the_unique_constraint_holds_keys_in_the_active_statuses() -> None:
     (constraint,) = JobRecord._meta.constraints
     assert constraint.condition == Q(status__in=ACTIVE_STATUSES)  # type: ignore[attr-defined]
+
+
+def test_requeue_and_cancel_say_which_rows_they_changed() -> None:
+    # The admin's actions push (or count) only these: a row that moved on between their read and
+    # the write (requeued and started by someone else, or started) is left alone and not pushed.
+    failed, queued, started = (new_row(status) for status in ("failed", "queued", "started"))
+    assert records.mark_requeued([failed, queued, started]) == {failed}
+    assert records.mark_requeued([failed]) == set()  # requeued already
+    assert records.mark_canceled_many([failed, started]) == 1  # the requeued one, now queued
+    assert JobRecord.objects.get(pk=started).status == JobStatus.STARTED
