@@ -11,14 +11,17 @@ django_jobs.E005       ``DJANGO_JOBS["DEFAULT_QUEUE"]`` is not in ``RQ_QUEUES``
 django_jobs.E006       a queue's connection settings are incomplete (e.g. ``HOST`` without ``PORT``)
 django_jobs.E007       a queue sets its own ``SERIALIZER`` (django_jobs uses one for all queues)
 django_jobs.E008       ``DJANGO_JOBS["RETENTION"]`` is malformed (its shape, a status or a duration)
+django_jobs.E009       ``DJANGO_JOBS["ALLOWED_FUNCTIONS"]`` is malformed (not a list of dotted names)
 django_jobs.W001       ``django_rq`` is listed before ``django_jobs`` in ``INSTALLED_APPS``
 django_jobs.W002       a pickle serializer is configured
+django_jobs.W003       ``DJANGO_JOBS["ALLOWED_FUNCTIONS"]`` allows every function (a bare wildcard)
 =====================  =========================================================
 """
 
 from __future__ import annotations
 
 import difflib
+import re
 from typing import Any
 
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
@@ -256,3 +259,51 @@ def check_serializer(app_configs: Any = None, **kwargs: Any) -> list[CheckMessag
             id="django_jobs.W002",
         )
     ]
+
+
+_DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*(\.|\.\*)?$")
+
+
+@register(Tags.security)
+def check_allowed_functions(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    options = conf.raw_options
+    value = options.get("ALLOWED_FUNCTIONS", ()) if isinstance(options, dict) else ()
+    entries = [value] if isinstance(value, str) else value
+    if entries is None:
+        return []
+    example = (
+        'For example ["legacy.jobs.send_email", "legacy.reports."] '
+        "(a trailing '.' allows the functions of a module)."
+    )
+    if not isinstance(entries, list | tuple | set | frozenset):
+        return [
+            Error(
+                "DJANGO_JOBS['ALLOWED_FUNCTIONS'] must be a list of dotted names, "
+                f"not {type(value).__name__}.",
+                hint=example,
+                id="django_jobs.E009",
+            )
+        ]
+    messages: list[CheckMessage] = []
+    for entry in entries:
+        if entry == "*":
+            messages.append(
+                Warning(
+                    "DJANGO_JOBS['ALLOWED_FUNCTIONS'] contains '*': workers run any importable function "
+                    "a job names, so anyone who can write to your Redis can run code on them "
+                    "(os.system, subprocess.getoutput…).",
+                    hint="List the functions (or module prefixes) that jobs enqueued outside django_jobs "
+                    "call, or decorate them with @job; see docs/security.md.",
+                    id="django_jobs.W003",
+                )
+            )
+        elif not isinstance(entry, str) or not _DOTTED.match(entry):
+            messages.append(
+                Error(
+                    f"DJANGO_JOBS['ALLOWED_FUNCTIONS'] has {entry!r}, which is not a dotted function "
+                    "name or module prefix.",
+                    hint=example,
+                    id="django_jobs.E009",
+                )
+            )
+    return messages

@@ -41,6 +41,13 @@ DEFAULTS: dict[str, Any] = {
     # Modules imported from every installed app at startup so that their
     # @job functions are registered (admin, schedules, checks).
     "AUTODISCOVER": ("jobs", "tasks"),
+    # Functions a worker may run besides those decorated with @job, for jobs
+    # enqueued by other means (plain RQ, django-rq): dotted paths
+    # ("legacy.jobs.send") or module prefixes ending with "." or ".*"
+    # ("legacy.jobs."). A worker refuses every other function without importing
+    # it. "*" allows any importable callable, so that anyone who can write to
+    # Redis can run code on the workers (check django_jobs.W003).
+    "ALLOWED_FUNCTIONS": (),
     # The worker class ``rqworker`` uses without --worker-class: a dotted
     # path or one of the aliases "fork" (RQ's forking Worker) and "simple"
     # (SimpleWorker: jobs in the worker process).
@@ -225,6 +232,15 @@ class JobsSettings:
         if isinstance(value, str):
             return (value,)
         return tuple(value or ())
+
+    @property
+    def allowed_functions(self) -> tuple[str, ...]:
+        """``ALLOWED_FUNCTIONS`` as exact names and prefixes (ending with "."); "*" for any."""
+        value = self._get("ALLOWED_FUNCTIONS")
+        entries = (value,) if isinstance(value, str) else tuple(value or ())
+        return tuple(
+            entry[:-1] if entry.endswith(".*") else entry for entry in entries if isinstance(entry, str)
+        )
 
     @property
     def worker_class(self) -> str:

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import zoneinfo
+from typing import Any
 
 from croniter import croniter
 from django.core.exceptions import ValidationError
 from django.utils import timezone
+
+from .bounds import MAX_DELAY
+from .payload import argument_error, find_problem
 
 
 def get_zone(name: str) -> dt.tzinfo:
@@ -20,6 +24,22 @@ def get_zone(name: str) -> dt.tzinfo:
         raise ValidationError(
             {"timezone": f"Unknown time zone {name!r}: use an IANA name such as 'Europe/Paris' or 'UTC'."}
         ) from None
+
+
+#: The longest interval of a periodic job: as far ahead as a delayed job may be due (100 years).
+MAX_INTERVAL = int(MAX_DELAY.total_seconds())
+
+
+def validate_call(args: Any, kwargs: Any) -> None:
+    """Raise ``ValidationError`` for a periodic job's arguments that a ``.delay()`` would refuse."""
+    if not isinstance(args, list):
+        raise ValidationError({"args": 'The arguments must be a JSON list, such as [1, "a"].'})
+    if not isinstance(kwargs, dict):
+        raise ValidationError({"kwargs": 'The keyword arguments must be a JSON object, such as {"a": 1}.'})
+    for field, value in (("args", args), ("kwargs", kwargs)):
+        problem = find_problem(value, field)
+        if problem is not None:
+            raise ValidationError({field: str(argument_error("This periodic job", problem))})
 
 
 def validate_schedule(cron: str, interval: int | None, zone: str) -> None:
@@ -36,8 +56,12 @@ def validate_schedule(cron: str, interval: int | None, zone: str) -> None:
                 "day-of-month month day-of-week, e.g. '*/15 * * * *' or '0 3 * * 1-5'."
             }
         )
-    if interval is not None and interval <= 0:
-        raise ValidationError({"interval": "The interval must be a positive number of seconds."})
+    if interval is not None and (
+        isinstance(interval, bool) or not isinstance(interval, int) or not 0 < interval <= MAX_INTERVAL
+    ):
+        raise ValidationError(
+            {"interval": f"The interval must be a whole number of seconds from 1 to {MAX_INTERVAL:,}."}
+        )
     get_zone(zone)
 
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 from django.core.exceptions import ValidationError
 
 from . import limits, uniqueness
+from .bounds import check_timeout, check_ttls
 from .cron import validate_schedule
 from .enqueue import enqueue, enqueue_many
 from .handles import JobHandle
@@ -67,6 +68,10 @@ class JobFunction(Generic[P, R]):
         self.func = func
         self.name = f"{func.__module__}.{qualname}"
         self.queue_name = queue
+        # Validated now: a bad value fails at import, not at the first .delay() or in a worker.
+        if timeout is not None:
+            check_timeout(f"@job on {self.name}", timeout)
+        check_ttls(f"@job on {self.name}", ttl, failure_ttl, result_ttl)
         self.timeout = timeout
         self.result_ttl = result_ttl
         self.ttl = ttl

@@ -23,14 +23,13 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from django.db import connections, transaction
+from django.db import transaction
 from django.utils import timezone
-from rq.exceptions import TimeoutFormatError
-from rq.utils import parse_timeout
 
 from . import limits, records, uniqueness
+from .bounds import check_delay, check_eta, check_timeout
 from .conf import conf
-from .payload import check_arguments, check_payload_size, check_storable_on_postgresql, to_jsonable
+from .payload import check_arguments, check_payload_size, to_jsonable
 from .push import is_inline, pending_push, push_many_unless_canceled, push_unless_canceled
 from .push_ahead import push_beside_row, push_first
 from .pusher import pusher
@@ -58,30 +57,15 @@ def due_time(label: str, countdown: float | timedelta | None, eta: datetime | No
         raise TypeError(f"{label}: give countdown or eta, not both.")
     now = timezone.now()
     if countdown is not None:
-        if isinstance(countdown, bool) or not isinstance(countdown, int | float | timedelta):
-            raise TypeError(
-                f"{label}: countdown must be seconds or a timedelta, not {type(countdown).__name__}."
-            )
-        delay = countdown if isinstance(countdown, timedelta) else timedelta(seconds=countdown)
-        eta = now + delay
+        eta = now + check_delay(label, countdown)
     if eta is None:
         return None
     if not isinstance(eta, datetime):
         raise TypeError(f"{label}: eta must be a datetime, not {type(eta).__name__}.")
     if timezone.is_naive(eta):
         eta = timezone.make_aware(eta, timezone.get_default_timezone())  # documented: settings.TIME_ZONE
+    check_eta(label, eta, now)
     return eta if eta > now else None
-
-
-def check_timeout(label: str, timeout: Any) -> None:
-    """Raise ``ValueError`` now for a timeout RQ would reject only when pushing."""
-    try:
-        parse_timeout(timeout)
-    except (TimeoutFormatError, TypeError, ValueError):
-        raise ValueError(
-            f"{label}: timeout {timeout!r} is invalid: give seconds as an int, or a string such as "
-            "'90', '30s', '15m', '2h' or '1d'."
-        ) from None
 
 
 def _dependency_ids(depends_on: Any) -> list[str]:
@@ -99,7 +83,7 @@ def _dependency_ids(depends_on: Any) -> list[str]:
 
 
 def _checked_arguments(
-    function: JobFunction[Any, Any], label: str, args: tuple[Any, ...], kwargs: dict[str, Any], using: str
+    function: JobFunction[Any, Any], label: str, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> tuple[list[Any], dict[str, Any]]:
     """Check a call against the signature and the JSON rules; return the args and kwargs for the row."""
     try:
@@ -111,11 +95,10 @@ def _checked_arguments(
     if uses_json():
         check_arguments(label, bound.arguments)
         stored: tuple[list[Any], dict[str, Any]] = (list(args), dict(kwargs))
-    else:
+    else:  # pickled: any object travels, the row keeps a JSON text form of each
+        check_arguments(label, bound.arguments, json_only=False)
         stored = (to_jsonable(list(args)), to_jsonable(dict(kwargs)))
     check_payload_size(label, stored)
-    if connections[using].vendor == "postgresql":  # which would refuse the row
-        check_storable_on_postgresql(label, {"args": stored[0], "kwargs": stored[1]})
     return stored
 
 
@@ -173,7 +156,7 @@ def enqueue(
     queue_config(queue_name)  # raises UnknownQueueError listing the configured queues
 
     using = records.db_alias()
-    stored_args, stored_kwargs = _checked_arguments(function, label, args, kwargs, using)
+    stored_args, stored_kwargs = _checked_arguments(function, label, args, kwargs)
     unique_key = uniqueness.key_for(function, args, kwargs)
 
     chosen_id = job_id is not None
@@ -184,9 +167,9 @@ def enqueue(
             f"job_id {job_id!r} is invalid: use 1 to 128 characters from A-Z, a-z, 0-9, _ and -."
         )
 
+    if timeout is not None:  # @job's own was checked at import
+        check_timeout(label, timeout)
     effective_timeout = timeout if timeout is not None else function.timeout
-    if effective_timeout is not None:
-        check_timeout(label, effective_timeout)
 
     options = _job_options(function, stored_args, stored_kwargs, effective_timeout)
     dependencies = _dependency_ids(depends_on)
@@ -300,15 +283,13 @@ def enqueue_many(
     """
     queue_name = queue or function.queue_name or conf.default_queue
     queue_config(queue_name)  # raises UnknownQueueError listing the configured queues
-    if function.timeout is not None:
-        check_timeout(f"{function.name}()", function.timeout)
 
     using = records.db_alias()
     calls: list[tuple[JobSpec, dict[str, Any]]] = []
     for index, item in enumerate(items):
         label = f"{function.name}() item {index}"
         args, kwargs = _split_item(label, item)
-        stored_args, stored_kwargs = _checked_arguments(function, label, args, kwargs, using)
+        stored_args, stored_kwargs = _checked_arguments(function, label, args, kwargs)
         options = _job_options(function, stored_args, stored_kwargs, function.timeout)
         spec = JobSpec(new_job_id(), function.name, queue_name, list(args), dict(kwargs), options, using)
         row = {

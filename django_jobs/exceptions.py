@@ -43,6 +43,21 @@ class JobFunctionImportError(JobError, ImportError):
         )
 
 
+class JobFunctionNotAllowed(JobError, PermissionError):
+    """A job names a function that is neither registered nor allowed: the worker refused it unread."""
+
+    def __init__(self, func_name: str, what: str = "job function") -> None:
+        self.func_name = func_name
+        super().__init__(
+            f"The {what} {func_name!r} is not registered, so the worker refused to run it (its module "
+            "was not imported). A worker runs only functions decorated with @job in a module it "
+            "imports (an app's jobs.py or tasks.py: DJANGO_JOBS['AUTODISCOVER']) and those listed in "
+            "DJANGO_JOBS['ALLOWED_FUNCTIONS'] (dotted paths, or module prefixes ending with '.'). "
+            "If this job is yours, register its function, then requeue it; if it is not, something "
+            "wrote it into Redis: see docs/security.md."
+        )
+
+
 class JobArgumentsError(JobError, TypeError):
     """A job's stored arguments do not fit its function's signature; retrying cannot help."""
 

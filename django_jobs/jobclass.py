@@ -9,6 +9,7 @@ so workers, the admin and recovery all read jobs through it.
 from __future__ import annotations
 
 import inspect
+import logging
 from typing import Any
 
 from rq import Retry
@@ -16,8 +17,14 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 
-from .exceptions import JobArgumentsError, JobExited, JobFunctionImportError
+from .exceptions import JobArgumentsError, JobExited, JobFunctionImportError, JobFunctionNotAllowed
 from .payload import check_result
+from .registry import is_allowed, registry
+
+security_log = logging.getLogger("django_jobs.security")
+
+#: RQ's callbacks a job may name; RQ imports and calls each, so each must be allowed too.
+_CALLBACKS = ("_success_callback_name", "_failure_callback_name", "_stopped_callback_name")
 
 #: The registries :class:`JobsJob` hands out, by registry class, queue, serializer and job class.
 _registries: dict[tuple[type[Any], str, int, type[Any]], Any] = {}
@@ -45,14 +52,40 @@ def _kept_registry(registry_class: type[Any]) -> Any:
 
 
 class JobsJob(Job):
-    """An RQ job that explains an unimportable function and insists on a JSON result."""
+    """An RQ job that runs only registered functions, explains an unimportable one and insists
+    on a JSON result."""
 
     started_job_registry = _kept_registry(StartedJobRegistry)
     finished_job_registry = _kept_registry(FinishedJobRegistry)
     failed_job_registry = _kept_registry(FailedJobRegistry)
 
+    def refusal(self) -> JobFunctionNotAllowed | None:
+        """Why this job must not run (its function, or a callback of RQ's it names, is neither
+        registered nor allowed: :func:`~django_jobs.registry.is_allowed`), or None. Reads names
+        only, never imports."""
+        try:
+            name, instance = self.func_name or "", self.instance
+        except Exception:  # an unreadable payload: reading the function says why, importing nothing
+            return None
+        if instance is not None or not is_allowed(name):
+            return JobFunctionNotAllowed(name)
+        for attribute in _CALLBACKS:
+            callback = getattr(self, attribute, None)
+            if callback and not is_allowed(str(callback)):
+                return JobFunctionNotAllowed(str(callback), f"callback ({attribute[1:-5]}) of {name}")
+        return None
+
     @property
     def func(self) -> Any:
+        refused = self.refusal()
+        if refused is not None:
+            security_log.error(
+                "Refused job %s on queue %s: %s", self.id, self.origin, refused, extra={"job_id": self.id}
+            )
+            raise refused
+        registered = registry.get(self.func_name or "")
+        if registered is not None:
+            return registered  # what importing its module gives, without the lookup
         try:
             return super().func
         except Exception as exc:

@@ -8,7 +8,7 @@ from django.db import models
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from .cron import validate_schedule
+from .cron import validate_call, validate_schedule
 from .status import ACTIVE_STATUSES, FINAL_STATUSES, JobStatus
 
 __all__ = [
@@ -226,6 +226,7 @@ class PeriodicJob(models.Model):
 
     def clean(self) -> None:
         validate_schedule(self.cron, self.interval, self.timezone)
+        validate_call(self.args, self.kwargs)
 
     def definition(self) -> dict[str, Any]:
         """The fields a schedule in code declares, for drift detection."""

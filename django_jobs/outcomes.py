@@ -31,7 +31,8 @@ from redis.exceptions import RedisError
 from rq.job import Job
 
 from . import records, spool
-from .db.connections import reset_database_connections
+from .db.connections import refused_item, reset_database_connections
+from .payload import storable, storable_text
 from .push import push
 from .queues import get_queue
 
@@ -76,14 +77,62 @@ def write(step: str, job_id: str, fields: dict[str, Any], job: Job | None = None
     if step == FAILED:
         return records.mark_attempt_failed(
             job_id,
-            fields["error"],
+            storable_text(fields["error"]),
             error_types=fields.get("error_types"),
             stopped=bool(fields.get("stopped")),
             at=at,
         )
     if step == ERROR:
-        return records.mark_failed(job_id, fields["error"], fields["status"])
+        return records.mark_failed(job_id, storable_text(fields["error"]), fields["status"])
     raise ValueError(f"Unknown step {step!r} of job {job_id}.")
+
+
+#: The ``meta`` key of a row whose outcome was stored with its text escaped.
+ESCAPED_NOTE = "stored_escaped"
+#: The fields of a step that carry what a job made (the rest is the worker's own).
+_ESCAPED = ("result", "error")
+
+
+def write_storable(step: str, job_id: str, fields: dict[str, Any], job: Job | None = None) -> Any:
+    """:func:`write`, and for a write the database refuses for what it holds (not for being
+    unavailable, which raises): the same write with its values escaped
+    (:func:`~django_jobs.payload.storable`) and a note in the row's ``meta``; failing that, the
+    row failed with an error saying what could not be stored; failing that, the step is logged
+    and dropped. So one outcome never stands in the way of the others."""
+    try:
+        return write(step, job_id, fields, job)
+    except Exception as exc:
+        if not refused_item(exc):
+            raise
+        refused = exc
+    reset_database_connections()
+    cause = storable_text(f"{type(refused).__name__}: {refused}".strip())
+    logger.error("The database cannot store the %s of job %s (%s); storing it escaped", step, job_id, cause)
+    try:
+        escaped = {key: storable(value) if key in _ESCAPED else value for key, value in fields.items()}
+        written = write(step, job_id, escaped, job)
+        records.add_note(
+            job_id,
+            ESCAPED_NOTE,
+            f"The {step} outcome held values the database refused "
+            f"({cause}); they were stored escaped (NUL as \\x00, lone surrogates as \\udxxx).",
+        )
+        return written
+    except Exception as exc:
+        if not refused_item(exc):
+            raise
+    reset_database_connections()
+    try:
+        records.mark_failed(
+            job_id, f"The {step} outcome of this job could not be stored in its row: {cause}."
+        )
+    except Exception as exc:
+        if not refused_item(exc):
+            raise
+        logger.error(
+            "The %s of job %s cannot be stored at all; dropped. Its row is left as it was.", step, job_id
+        )
+    return None
 
 
 def follow_up(job_id: str, written: Any) -> None:
@@ -113,7 +162,7 @@ def record(connection: Redis, step: str, job_id: str, fields: dict[str, Any], jo
     if job_id not in _spooled:
         for pause in (*WRITE_RETRY_DELAYS, None):
             try:
-                written = write(step, job_id, fields, job)
+                written = write_storable(step, job_id, fields, job)
             except (DatabaseError, InterfaceError) as exc:
                 reset_database_connections()
                 if pause is None:
@@ -173,7 +222,7 @@ def encode(step: str, job_id: str, fields: dict[str, Any]) -> str:
 def apply(item: dict[str, Any]) -> Any:
     """Write a step read back from the spool or a work-horse's outbox (``encode()``'s form)."""
     fields = {key: value for key, value in item.items() if key not in ("step", "job_id")}
-    written = write(item["step"], item["job_id"], fields)
+    written = write_storable(item["step"], item["job_id"], fields)
     follow_up(item["job_id"], written)
     return written
 

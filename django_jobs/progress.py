@@ -9,6 +9,7 @@ from rq import get_current_job as rq_current_job
 
 from . import records
 from .conf import conf
+from .payload import check_value
 
 # Per running job: its meta as last written, and when. A worker runs one job
 # at a time per process, so this stays small.
@@ -35,7 +36,18 @@ def set_progress(
     "updated_at"}`` at most every ``DJANGO_JOBS["PROGRESS_INTERVAL"]``
     seconds (and always for the last step, or with ``force=True``), so a
     tight loop does not hammer the database. Outside a job it does nothing.
+    ``done`` and ``total`` must be finite numbers and ``message`` text the
+    database can store (:mod:`django_jobs.payload`'s rules), else ``TypeError``
+    or ``ValueError``.
     """
+    for name, value in (("done", done), ("total", total)):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TypeError(f"set_progress(): {name} must be a number, not {type(value).__name__}.")
+    if message is not None and not isinstance(message, str):
+        raise TypeError(f"set_progress(): message must be a str or None, not {type(message).__name__}.")
+    check_value("set_progress()", "done", done)
+    check_value("set_progress()", "total", total)
+    check_value("set_progress()", "message", message)
     job_id = get_current_job_id()
     if job_id is None:
         return False

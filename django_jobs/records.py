@@ -441,6 +441,13 @@ def set_meta(job_id: str, meta: dict[str, Any]) -> None:
     JobRecord.objects.using(db_alias()).filter(pk=job_id).update(meta=meta)
 
 
+def add_note(job_id: str, key: str, text: str) -> None:
+    """Keep ``text`` in the row's ``meta`` under ``key``: what the admin should tell about it."""
+    row = JobRecord.objects.using(db_alias()).filter(pk=job_id).values("meta").first()
+    if row is not None:
+        set_meta(job_id, {**(row["meta"] or {}), key: text})
+
+
 def mark_dependencies_met(job_id: str) -> None:
     """A deferred job was pushed after its dependencies had all finished: RQ queued it at once."""
     _rows("dependencies_met", job_id).update(status=JobStatus.QUEUED)

@@ -87,7 +87,9 @@ def retries_left(options: dict[str, Any], attempts: int) -> int:
 
 
 #: Errors that the same arguments and code would raise again: never retried.
-NEVER_RETRIED = frozenset({"django_jobs.exceptions.JobArgumentsError"})
+NEVER_RETRIED = frozenset(
+    {"django_jobs.exceptions.JobArgumentsError", "django_jobs.exceptions.JobFunctionNotAllowed"}
+)
 
 
 def error_types(error: BaseException | None) -> list[str] | None:

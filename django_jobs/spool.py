@@ -19,11 +19,10 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from django.db import DatabaseError, InterfaceError
 from redis import Redis
 from redis.exceptions import RedisError
 
-from .db.connections import reset_database_connections
+from .db.connections import refused_item, reset_database_connections
 
 logger = logging.getLogger("django_jobs.spool")
 
@@ -89,7 +88,9 @@ def drain(
     """Hand the kept outcomes to ``apply``, oldest first, each dropped once applied; return how
     many were.
 
-    Stops at the first database error (the rest waits for the next call).
+    Stops at the first error that says the database cannot be used now (the rest waits for the
+    next call); an item that ``apply`` cannot store for what it holds is logged and dropped, and
+    the drain goes on (``apply`` escapes what it can first: ``outcomes.write_storable``).
     """
     token = uuid.uuid4().hex
     ttl_ms = int(lock_ttl * 1000)
@@ -110,12 +111,24 @@ def drain(
             if item is not None:
                 try:
                     apply(item)
-                except (DatabaseError, InterfaceError) as exc:
-                    logger.warning(
-                        "Database still unavailable (%s); %d outcome(s) wait.", exc, pending(connection)
-                    )
+                except Exception as exc:
                     reset_database_connections()
-                    break
+                    if not refused_item(exc):
+                        logger.warning(
+                            "Database still unavailable (%s: %s); %d outcome(s) wait.",
+                            type(exc).__name__,
+                            exc,
+                            pending(connection),
+                        )
+                        break
+                    # This item, not the database: it must not hold back the ones behind it.
+                    logger.error(
+                        "Outcome in %s that cannot be stored (%s: %s); dropped: %r",
+                        SPOOL_KEY,
+                        type(exc).__name__,
+                        exc,
+                        raw,
+                    )
             if pop_if(keys=[SPOOL_KEY, LOCK_KEY], args=[token, raw, ttl_ms]) == -1:
                 break  # the lock expired under us: stop, someone else may drain now
             written += 1

@@ -10,13 +10,22 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from django.db import connections
+from django.db import DatabaseError, DataError, IntegrityError, InterfaceError, connections
 
 #: A connection kept across jobs is tested with a round trip when it sat idle this long.
 IDLE_CHECK_AFTER = 1.0
 
 
 _last_reset = float("-inf")
+
+
+def refused_item(error: BaseException) -> bool:
+    """Whether ``error``, raised by a row write, says that this write cannot be stored (what it
+    holds, or a constraint: trying again cannot help) rather than that the database cannot be
+    used now (unreachable, restarting, locked, a missing table: the same write may work later)."""
+    if isinstance(error, DataError | IntegrityError):
+        return True
+    return not isinstance(error, DatabaseError | InterfaceError)
 
 
 def reset_database_connections() -> None:

@@ -266,7 +266,8 @@ class Worker(RecordingWorkerMixin, RQWorker):
         order, job = self._read_order(_order(sample, queue, self.execution)[4:], warm_up=True)
         self._take_order(order, job)
         random.seed()  # as RQ's work-horse does first
-        job.func, job.args, job.kwargs  # noqa: B018 (the import and the payload, read)
+        if getattr(job, "refusal", lambda: None)() is None:  # a refused job is refused by the real run
+            job.func, job.args, job.kwargs  # noqa: B018 (the import and the payload, read)
         with self.death_penalty_class(job.timeout or 180, JobTimeoutException, job_id=job.id):
             self.log.debug("Worker %s: spare ready", self.name)
 
