@@ -55,7 +55,7 @@ def check_timeout(label: str, timeout: Any) -> None:
     """Raise for a ``timeout`` RQ would reject only when pushing, or one out of bounds."""
     try:
         seconds = parse_timeout(timeout)
-    except (TimeoutFormatError, TypeError, ValueError):
+    except (TimeoutFormatError, TypeError, ValueError, AssertionError):  # RQ asserts on other types
         seconds = None
     if not isinstance(seconds, int | float) or isinstance(seconds, bool):
         raise ValueError(

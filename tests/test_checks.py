@@ -9,7 +9,14 @@ import pytest
 from django.core import checks
 from django.test.utils import override_settings
 
-from django_jobs.checks import check_app_order, check_options, check_queues, check_retention, check_serializer
+from django_jobs.checks import (
+    check_allowed_functions,
+    check_app_order,
+    check_options,
+    check_queues,
+    check_retention,
+    check_serializer,
+)
 
 URL = {"URL": "redis://127.0.0.1:6379/0"}
 
@@ -158,6 +165,25 @@ def test_w002_pickle_serializer_in_either_setting(settings: Any) -> None:
     assert ids(check_serializer()) == ["django_jobs.W002"]
     settings.RQ_QUEUES = {"default": URL}
     assert check_serializer() == []
+
+
+@pytest.mark.parametrize(
+    "value", [{"legacy.jobs.send": True}, 42, ["legacy jobs.send"], ["legacy..send"], [""], [7]]
+)
+def test_e009_malformed_allowed_functions(settings: Any, value: Any) -> None:
+    settings.DJANGO_JOBS = {"ALLOWED_FUNCTIONS": value}
+    messages = check_allowed_functions()
+    assert ids(messages) == ["django_jobs.E009"]
+    assert "legacy.reports." in messages[0].hint
+
+
+def test_w003_bare_wildcard_allows_every_function(settings: Any) -> None:
+    settings.DJANGO_JOBS = {"ALLOWED_FUNCTIONS": ["legacy.jobs.", "*"]}
+    messages = check_allowed_functions()
+    assert ids(messages) == ["django_jobs.W003"]
+    assert "anyone who can write to your Redis can run code" in messages[0].msg
+    settings.DJANGO_JOBS = {"ALLOWED_FUNCTIONS": ["legacy.jobs.", "legacy.reports.*", "legacy.jobs.send"]}
+    assert check_allowed_functions() == []
 
 
 @pytest.mark.slow

@@ -30,7 +30,7 @@ from rq.utils import now as rq_now
 from .. import limits, outcomes, records, retries
 from ..db.connections import reset_database_connections
 from ..jobclass import JobsJob
-from ..payload import to_jsonable
+from ..payload import storable_text, to_jsonable
 from ..status import JobStatus
 from .upkeep import UpkeepMixin
 
@@ -155,6 +155,9 @@ class RecordingWorkerMixin(UpkeepMixin):
     ) -> None:
         stopped = self._stopped_job_id == job.id
         error, self._job_error = self._job_error, None
+        # RQ keeps the text in Redis as UTF-8: a lone surrogate in an exception's message would
+        # make it raise here and the worker quit. Escaped, as the row keeps it.
+        exc_string = storable_text(exc_string)
         super().handle_job_failure(
             job, queue, started_job_registry=started_job_registry, exc_string=exc_string, execution=execution
         )

@@ -209,6 +209,26 @@ def twice_a_minute() -> str:
     return "ran"
 
 
+# -- hardening (tests/test_hardening.py) ---------------------------------------------------------
+
+
+@job
+def raises_unstorable_text() -> None:
+    """Raises an error whose message holds text no database stores as it is."""
+    raise ValueError("bad\x00value and a lone \ud800 surrogate")
+
+
+@job
+def takes_options(**options: Any) -> dict[str, Any]:
+    return options
+
+
+def rq_success_callback(job: Any, connection: Any, result: Any) -> None:
+    """An RQ success callback (not a @job): it runs only when ALLOWED_FUNCTIONS lists it."""
+    job.meta["callback_saw"] = result
+    job.save_meta()
+
+
 # -- fault injection (tests/faults/) -----------------------------------------------------------------
 # Each run appends "<job key> <pid> <event> <time>" to an execution log once its side effect is
 # done, so that the suite can count how often each job really ran.
