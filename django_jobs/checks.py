@@ -12,6 +12,7 @@ django_jobs.E006       a queue's connection settings are incomplete (e.g. ``HOST
 django_jobs.E007       a queue sets its own ``SERIALIZER`` (django_jobs uses one for all queues)
 django_jobs.E008       ``DJANGO_JOBS["RETENTION"]`` is malformed (its shape, a status or a duration)
 django_jobs.E009       ``DJANGO_JOBS["ALLOWED_FUNCTIONS"]`` is malformed (not a list of dotted names)
+django_jobs.E010       an entry of ``DJANGO_JOBS["SCHEDULE"]`` is malformed (function, schedule, arguments)
 django_jobs.W001       ``django_rq`` is listed before ``django_jobs`` in ``INSTALLED_APPS``
 django_jobs.W002       a pickle serializer is configured
 django_jobs.W003       ``DJANGO_JOBS["ALLOWED_FUNCTIONS"]`` allows every function (a bare wildcard)
@@ -25,9 +26,12 @@ import re
 from typing import Any
 
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.core.exceptions import ValidationError
 
 from .conf import CONNECTION_KEYS, DEFAULTS, conf, retention_problems
+from .cron import validate_call, validate_schedule
 from .queues import resolve_serializer
+from .registry import registry
 
 # Keys django-rq reads unconditionally once a connection style is chosen
 # (the style is the first of CONNECTION_KEYS present, as django-rq picks it).
@@ -307,3 +311,43 @@ def check_allowed_functions(app_configs: Any = None, **kwargs: Any) -> list[Chec
                 )
             )
     return messages
+
+
+def schedule_problems(name: str, entry: Any) -> list[str]:
+    """What is wrong with one entry of ``DJANGO_JOBS["SCHEDULE"]``, a sentence each; [] if nothing."""
+    if not isinstance(entry, dict):
+        return [f"DJANGO_JOBS['SCHEDULE'][{name!r}] must be a dict, not {type(entry).__name__}."]
+    found = []
+    func = entry.get("func")
+    if not isinstance(func, str) or func not in registry:
+        found.append(
+            f"DJANGO_JOBS['SCHEDULE'][{name!r}]['func'] is {func!r}, which is not a @job function of this "
+            "project (workers run only those)."
+        )
+    try:
+        validate_schedule(entry.get("cron") or "", entry.get("interval"), entry.get("timezone") or "")
+        validate_call(entry.get("args", []), entry.get("kwargs", {}))
+    except ValidationError as exc:
+        found.extend(f"DJANGO_JOBS['SCHEDULE'][{name!r}]: {message}" for message in exc.messages)
+    return found
+
+
+@register(Tags.compatibility)
+def check_schedule(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    options = conf.raw_options
+    value = options.get("SCHEDULE", {}) if isinstance(options, dict) else {}
+    if not isinstance(value, dict):
+        problems = [
+            f"DJANGO_JOBS['SCHEDULE'] must be a dict of name to schedule, not {type(value).__name__}."
+        ]
+    else:
+        problems = [problem for name, entry in value.items() for problem in schedule_problems(name, entry)]
+    return [
+        Error(
+            problem,
+            hint='For example {"nightly-report": {"func": "reports.jobs.build", "cron": "0 3 * * *", '
+            '"args": [], "kwargs": {}}} (or "interval": seconds instead of "cron"); see docs/scheduling.md.',
+            id="django_jobs.E010",
+        )
+        for problem in problems
+    ]

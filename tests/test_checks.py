@@ -15,6 +15,7 @@ from django_jobs.checks import (
     check_options,
     check_queues,
     check_retention,
+    check_schedule,
     check_serializer,
 )
 
@@ -184,6 +185,31 @@ def test_w003_bare_wildcard_allows_every_function(settings: Any) -> None:
     assert "anyone who can write to your Redis can run code" in messages[0].msg
     settings.DJANGO_JOBS = {"ALLOWED_FUNCTIONS": ["legacy.jobs.", "legacy.reports.*", "legacy.jobs.send"]}
     assert check_allowed_functions() == []
+
+
+@pytest.mark.parametrize(
+    ("entry", "says"),
+    [
+        ({"func": "os.system", "interval": 60}, "'os.system', which is not a @job function"),
+        ({"func": "tests.testapp.jobs.echo"}, "Give exactly one of a cron expression"),
+        ({"func": "tests.testapp.jobs.echo", "interval": -5}, "The interval must be a whole number"),
+        (
+            {"func": "tests.testapp.jobs.echo", "cron": "0 3 * * *", "args": ["a\x00"]},
+            "holds the character NUL",
+        ),
+        ({"func": "tests.testapp.jobs.echo", "interval": 5, "kwargs": []}, "must be a JSON object"),
+        ("every minute", "must be a dict, not str"),
+    ],
+)
+def test_e010_malformed_schedule_entry(settings: Any, entry: Any, says: str) -> None:
+    settings.DJANGO_JOBS = {"SCHEDULE": {"nightly": entry}}
+    messages = check_schedule()
+    assert ids(messages) == ["django_jobs.E010"]
+    assert says in messages[0].msg
+    settings.DJANGO_JOBS = {
+        "SCHEDULE": {"nightly": {"func": "tests.testapp.jobs.echo", "interval": 60, "args": [1]}}
+    }
+    assert check_schedule() == []
 
 
 @pytest.mark.slow
