@@ -40,6 +40,7 @@ from redis.exceptions import RedisError
 from rq import Queue
 
 from . import records
+from .db.connections import refused_item, reset_database_connections
 from .push import PendingPush, is_inline, push, rq_job_for
 from .queues import get_queue
 from .spec import JobSpec
@@ -196,6 +197,10 @@ def write_rows(batch: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[
         try:
             records.create_many(rows, using, late=True)
         except Exception as exc:
+            if refused_item(exc):  # a row of them, not the database: the others must not wait on it
+                reset_database_connections()
+                retry.extend(_write_one_by_one(using, rows) if len(rows) > 1 else _refused(using, rows, exc))
+                continue
             # The jobs are in Redis and run meanwhile: a worker writes the row of each one it
             # takes (or spools its start while the database is down).
             logger.warning(
@@ -207,6 +212,32 @@ def write_rows(batch: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[
             )
             retry.extend((using, row) for row in rows)
     return retry
+
+
+def _write_one_by_one(using: str, rows: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """Write rows one at a time after their batch was refused for what one of them holds; return
+    the ones to try again (the database went away meanwhile)."""
+    retry: list[tuple[str, dict[str, Any]]] = []
+    for row in rows:
+        retry.extend(write_rows([(using, row)]))
+    return retry
+
+
+def _refused(
+    using: str, rows: list[dict[str, Any]], error: BaseException
+) -> list[tuple[str, dict[str, Any]]]:
+    """Give up on a row the database refuses for what it holds: trying again cannot help. Its job
+    is in Redis: the worker that takes it writes a row from the job itself, escaped where needed."""
+    for row in rows:
+        logger.error(
+            "The database %r refuses the row of job %s (%s: %s); not trying again. The worker that "
+            "runs the job writes its row.",
+            using,
+            row.get("id"),
+            type(error).__name__,
+            error,
+        )
+    return []
 
 
 #: Seconds the row writer waits for more rows while they keep coming (.delay() in a loop):

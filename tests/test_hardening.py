@@ -23,8 +23,9 @@ from django.utils import timezone
 from rq import Callback, Queue
 from rq.serializers import JSONSerializer
 
-from django_jobs import get_queue, job, outcomes, set_progress, spool
+from django_jobs import get_queue, job, outcomes, pusher, set_progress, spool
 from django_jobs.db.connections import refused_item
+from django_jobs.db.statements import row_values
 from django_jobs.models import JobRecord, PeriodicJob
 from django_jobs.push import push
 from django_jobs.queues import get_connection
@@ -378,3 +379,19 @@ def test_progress_messages_obey_the_same_rules() -> None:
         set_progress(1, float("nan"))
     with pytest.raises(TypeError, match="done must be a number"):
         set_progress("1", 2)  # type: ignore[arg-type]
+
+
+def test_the_row_writer_moves_past_a_row_the_database_refuses(caplog: Any) -> None:
+    # "redis-first" writes rows of jobs already in Redis, many per statement, from a thread.
+    def row(job_id: str, func_name: Any = "tests.testapp.jobs.echo") -> tuple[str, dict[str, Any]]:
+        values = row_values(
+            job_id=job_id, func_name=func_name, queue="high", args=[1], kwargs={}, status="queued", options={}
+        )
+        return "default", values
+
+    batch = [row("first"), row("refused", func_name=None), row("last")]  # NOT NULL: refused everywhere
+
+    assert pusher.write_rows(batch) == []  # nothing left to try again: the refused row is given up
+
+    assert set(JobRecord.objects.values_list("pk", flat=True)) == {"first", "last"}
+    assert "refuses the row of job refused (IntegrityError" in caplog.text
