@@ -35,8 +35,8 @@ def test_unknown_queue_from_the_shell(manage: Any) -> None:
         (["--worker-class", "no.such.Worker"], "cannot be imported"),
         (["--worker-class", "rq.SimpleWorker"], "does not record jobs"),
         (["--worker-class", "django_jobs.models.JobRecord"], "is not an RQ worker class"),
-        (["--max-jobs", "0"], "--max-jobs must be a positive number"),
-        (["--pool", "0"], "--pool must be 1 or more"),
+        (["--max-jobs", "0"], "--max-jobs: expected a whole number of at least 1, not '0'"),
+        (["--pool", "0"], "--pool: expected a whole number from 1 to 1,000, not '0'"),
     ],
 )
 def test_bad_flags_are_command_errors(flags: list[str], message: str) -> None:
