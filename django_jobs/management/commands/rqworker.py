@@ -2,25 +2,22 @@
 
 from __future__ import annotations
 
-import logging
 import os
-import signal
 import subprocess
 import sys
-import time
 from typing import Any
 
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
+from redis import Redis
 from redis.exceptions import RedisError
 
 from django_jobs.conf import conf
 from django_jobs.management import flags
+from django_jobs.management.pool import Pool
 from django_jobs.queues import UnknownQueueError, get_queues, resolve_serializer
 from django_jobs.worker import BATCH_SIZE, BatchWorker
-
-logger = logging.getLogger("django_jobs.worker")
 
 #: The most workers one pool runs (each is a process of its own, with a work-horse beside it).
 MAX_POOL = 1_000
@@ -149,7 +146,7 @@ class Command(BaseCommand):
             ) from None
 
         if options["pool"] > 1:
-            self.run_pool(names, options)
+            self.run_pool(names, options, connection)
             return
 
         worker = worker_class(
@@ -199,8 +196,8 @@ class Command(BaseCommand):
             command, env=dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
         )
 
-    def run_pool(self, names: list[str], options: dict[str, Any]) -> None:
-        """Run ``--pool N`` workers as child processes; restart one that crashes."""
+    def run_pool(self, names: list[str], options: dict[str, Any], connection: Redis) -> None:
+        """Run ``--pool N`` workers as child processes (see :mod:`django_jobs.management.pool`)."""
         base = [sys.executable, "-m", "django", "rqworker", *names, "--settings", conf.settings_module]
         for flag in ("burst", "with_scheduler"):
             if options[flag]:
@@ -219,37 +216,16 @@ class Command(BaseCommand):
                 base += ["--" + flag.replace("_", "-"), str(options[flag])]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
         prefix = options["name"] or f"pool-{os.uname().nodename}-{os.getpid()}"
-
-        def start(index: int) -> subprocess.Popen[bytes]:
-            return subprocess.Popen([*base, "--name", f"{prefix}-{index}"], env=env)
-
-        children = {index: start(index) for index in range(1, options["pool"] + 1)}
-        stopping = False
-        failed = 0
-
-        def forward(signum: int, frame: Any) -> None:
-            nonlocal stopping
-            stopping = True
-            for child in children.values():
-                if child.poll() is None:
-                    child.send_signal(signal.SIGTERM)
-
-        signal.signal(signal.SIGINT, forward)
-        signal.signal(signal.SIGTERM, forward)
-        self.stdout.write(f"Started {len(children)} workers on {', '.join(names)}.")
-        while children:
-            for index, child in list(children.items()):
-                code = child.poll()
-                if code is None:
-                    continue
-                del children[index]
-                if stopping or options["burst"]:
-                    failed += code != 0
-                    continue
-                # A worker that ended (crash, --max-jobs, --max-idle-time) is replaced:
-                # the pool keeps its size.
-                logger.warning("Worker %s-%s exited with %s; starting it again.", prefix, index, code)
-                children[index] = start(index)
-            time.sleep(0.2)
+        pool = Pool(
+            base,
+            options["pool"],
+            prefix,
+            connection=connection,
+            queue_names=names,
+            env=env,
+            burst=options["burst"],
+        )
+        self.stdout.write(f"Starting {options['pool']} workers on {', '.join(names)}.")
+        failed = pool.run()
         if failed:
             raise CommandError(f"{failed} of {options['pool']} pool workers exited with an error.")
