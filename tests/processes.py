@@ -133,6 +133,11 @@ def terminate(process: subprocess.Popen[Any], timeout: float = 30) -> None:
     stop(process, timeout)
 
 
+def read_pid(path: Path) -> int:
+    """The pid a job wrote to ``path`` (``tests.testapp.jobs.hangs``…), once it is there."""
+    return int(wait_for(lambda: path.exists() and path.read_text()))
+
+
 def wait_for(predicate: Any, timeout: float = 60.0) -> Any:
     """Poll until ``predicate()`` is truthy (a generous bound, not a speed assertion)."""
     deadline = time.monotonic() + timeout

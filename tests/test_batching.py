@@ -246,7 +246,7 @@ def test_rqworker_batch_options(manage: Any) -> None:
     assert all(JobRecord.objects.get(pk=h.id).status == "finished" for h in handles)
 
     for args, message in (
-        (("--batch-size", "0"), "--batch-size must be a positive number, not 0."),
+        (("--batch-size", "0"), "--batch-size: expected a whole number from 1 to 1,000, not '0'"),
         (("--worker-class", "simple", "--batch-size", "5"), "--batch-size applies to the batch worker only"),
     ):
         result = manage("rqworker", "default", "--burst", *args)

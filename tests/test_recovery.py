@@ -19,14 +19,10 @@ from django_jobs import get_queue, outcomes, recovery, spool
 from django_jobs.models import JobRecord
 from django_jobs.testing import RedisServer
 from tests.faultkit import database_outage_for_worker, start
-from tests.processes import stop, terminate, wait_for
+from tests.processes import read_pid, stop, terminate, wait_for
 from tests.testapp.jobs import add, hangs, hangs_first_time, sleep_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def read_pid(path: Path) -> int:
-    return int(wait_for(lambda: path.exists() and path.read_text()))
 
 
 def status(job_id: str) -> str:

@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from django_jobs import retention
 from django_jobs.conf import conf
+from django_jobs.management import flags
 
 
 class Command(BaseCommand):
@@ -25,7 +26,9 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--batch-size",
-            type=int,
+            type=flags.whole_number(
+                1, retention.MAX_BATCH_SIZE, note="rows deleted per transaction: more would hold locks longer"
+            ),
             default=retention.MAX_BATCH_SIZE,
             help=f"Rows deleted per transaction, 1 to {retention.MAX_BATCH_SIZE:,} "
             f"(default {retention.MAX_BATCH_SIZE:,}).",
@@ -37,18 +40,14 @@ class Command(BaseCommand):
             help="Prune rows of this status only (repeat for several; default: all four).",
         )
         parser.add_argument(
-            "--max-batches", type=int, default=None, help="Stop after this many batches (default: no limit)."
+            "--max-batches",
+            type=flags.whole_number(1),
+            default=None,
+            help="Stop after this many batches (default: no limit).",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
         batch_size = options["batch_size"]
-        if not 1 <= batch_size <= retention.MAX_BATCH_SIZE:
-            raise CommandError(
-                f"--batch-size must be from 1 to {retention.MAX_BATCH_SIZE:,} (rows deleted per transaction: "
-                f"more would hold locks longer), not {batch_size}."
-            )
-        if options["max_batches"] is not None and options["max_batches"] < 1:
-            raise CommandError(f"--max-batches must be at least 1, not {options['max_batches']}.")
         try:
             policy = conf.retention
         except ImproperlyConfigured as exc:

@@ -11,6 +11,7 @@ from redis.exceptions import RedisError
 
 from django_jobs import outcomes, recovery
 from django_jobs.conf import conf
+from django_jobs.management import flags
 from django_jobs.queues import get_connection
 
 
@@ -24,16 +25,15 @@ class Command(BaseCommand):
         parser.add_argument("--dry-run", action="store_true", help="Report what would be done; do nothing.")
         parser.add_argument(
             "--grace",
-            type=float,
+            type=flags.seconds(0),
             default=None,
-            help="Seconds a worker's heartbeat must stay missing before its jobs count as orphaned "
-            "(default DJANGO_JOBS['ORPHAN_GRACE']). The command waits that long if it sees such a worker.",
+            help="Seconds a worker's heartbeat must stay missing before its jobs count as orphaned, "
+            "0 to 86,400 (default DJANGO_JOBS['ORPHAN_GRACE']). The command waits that long if it "
+            "sees such a worker.",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
         grace = conf.orphan_grace if options["grace"] is None else options["grace"]
-        if grace < 0:
-            raise CommandError(f"--grace must be a number of seconds >= 0, not {grace}.")
         dry_run = options["dry_run"]
         connection = get_connection()
         try:

@@ -10,6 +10,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from redis.exceptions import RedisError
 
+from django_jobs.management import flags
 from django_jobs.queues import get_connection
 from django_jobs.scheduler import (
     RQ_SCHEDULER_KEY,
@@ -17,6 +18,10 @@ from django_jobs.scheduler import (
     Scheduler,
     rq_scheduler_backlog,
 )
+
+#: The shortest --interval: a pass costs a few queries, and more passes a second would only keep
+#: the database busy.
+MIN_INTERVAL = 0.1
 
 
 def rq_scheduler_installed() -> bool:
@@ -31,21 +36,28 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
-            "--interval", type=float, default=1.0, help="Seconds between two passes (default 1)."
+            "--interval",
+            type=flags.seconds(MIN_INTERVAL),
+            default=1.0,
+            help=f"Seconds between two passes, {MIN_INTERVAL} to 86,400 (default 1).",
         )
         parser.add_argument(
             "--lock-ttl",
-            type=float,
+            type=flags.seconds(MIN_INTERVAL),
             default=10.0,
-            help="Seconds the leader's lease lasts unrenewed; a standby takes over after it (default 10).",
+            help="Seconds the leader's lease lasts unrenewed; a standby takes over after it. Longer "
+            "than --interval, at most 86,400 (default 10).",
         )
         parser.add_argument("--name", default=None, help="This scheduler's name in logs and in the lease.")
         parser.add_argument("--burst", action="store_true", help="Do one pass, then exit.")
-        parser.add_argument("--logging-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR.")
+        parser.add_argument(
+            "--logging-level",
+            type=flags.logging_level,
+            default="INFO",
+            help="DEBUG, INFO, WARNING, ERROR or CRITICAL.",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        if options["interval"] <= 0:
-            raise CommandError(f"--interval must be a positive number of seconds, not {options['interval']}.")
         if options["lock_ttl"] <= options["interval"]:
             raise CommandError(
                 f"--lock-ttl ({options['lock_ttl']}) must be longer than --interval ({options['interval']}), "
@@ -62,7 +74,7 @@ class Command(BaseCommand):
             handler = logging.StreamHandler()
             handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
             logger.addHandler(handler)
-        logger.setLevel(options["logging_level"].upper())
+        logger.setLevel(options["logging_level"])
         scheduler = Scheduler(
             interval=options["interval"], lock_ttl=options["lock_ttl"], name=options["name"]
         )

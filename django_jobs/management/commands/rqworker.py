@@ -2,46 +2,37 @@
 
 from __future__ import annotations
 
-import logging
 import os
-import signal
 import subprocess
 import sys
-import time
 from typing import Any
 
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
-from django.utils.module_loading import import_string
+from redis import Redis
 from redis.exceptions import RedisError
-from rq.worker import BaseWorker
 
 from django_jobs.conf import conf
+from django_jobs.management import flags
+from django_jobs.management.pool import Pool
 from django_jobs.queues import UnknownQueueError, get_queues, resolve_serializer
-from django_jobs.worker import BATCH_SIZE, WORKER_CLASS_ALIASES, BatchWorker, RecordingWorkerMixin
+from django_jobs.worker import BATCH_SIZE, BatchWorker
 
-logger = logging.getLogger("django_jobs.worker")
+#: The most workers one pool runs (each is a process of its own, with a work-horse beside it).
+MAX_POOL = 1_000
+
+#: The most jobs a batch worker takes at once (more would hold them back from other workers, and
+#: keep Redis busy with one script for longer).
+MAX_BATCH_SIZE = 1_000
 
 
-def load_worker_class(value: str) -> type[Any]:
-    """Return the worker class for an alias ("fork", "simple") or a dotted path."""
-    path = WORKER_CLASS_ALIASES.get(value, value)
+def load_worker_class(value: str, source: str = "--worker-class") -> type[Any]:
+    """Return the worker class for an alias ("fork", "simple", "batch") or a dotted path."""
     try:
-        cls = import_string(path)
-    except ImportError as exc:
-        raise CommandError(
-            f"--worker-class {value!r} cannot be imported ({exc}). Use 'fork' (the default), "
-            "'simple', 'batch', or the dotted path of a subclass of django_jobs.worker.Worker."
-        ) from None
-    if not (isinstance(cls, type) and issubclass(cls, BaseWorker)):
-        raise CommandError(f"--worker-class {value!r} is not an RQ worker class.")
-    if not issubclass(cls, RecordingWorkerMixin):
-        raise CommandError(
-            f"--worker-class {value!r} does not record jobs in the database. Subclass "
-            "django_jobs.worker.Worker or django_jobs.worker.SimpleWorker instead of RQ's classes."
-        )
-    return cls
+        return flags.load_worker_class(value)
+    except ValueError as exc:
+        raise CommandError(f"{source} {exc}") from None
 
 
 class Command(BaseCommand):
@@ -63,25 +54,34 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--worker-class",
+            type=flags.worker_class,
             default=None,
             help="'fork' (RQ's forking Worker, the default), 'simple' (SimpleWorker), 'batch' "
             "(BatchWorker: a SimpleWorker that takes several jobs at a time), or a dotted path.",
         )
         parser.add_argument(
             "--batch-size",
-            type=int,
+            type=flags.whole_number(1, MAX_BATCH_SIZE),
             default=None,
             metavar="N",
-            help="With --worker-class batch (implied): the most jobs taken from a queue at once "
-            f"(default {BATCH_SIZE}).",
+            help="With --worker-class batch (implied): the most jobs taken from a queue at once, "
+            f"1 to {MAX_BATCH_SIZE:,} (default {BATCH_SIZE}).",
         )
-        parser.add_argument("--max-jobs", type=int, default=None, help="Exit after this many jobs.")
         parser.add_argument(
-            "--max-idle-time", type=int, default=None, help="Exit after this many idle seconds."
+            "--max-jobs", type=flags.whole_number(1), default=None, help="Exit after this many jobs."
+        )
+        parser.add_argument(
+            "--max-idle-time",
+            type=flags.whole_number(1, note="seconds"),
+            default=None,
+            help="Exit after this many idle seconds.",
         )
         parser.add_argument("--name", default=None, help="The worker's name (unique among running workers).")
         parser.add_argument(
-            "--worker-ttl", type=int, default=None, help="Seconds a worker may go without heartbeat."
+            "--worker-ttl",
+            type=flags.whole_number(1, flags.DAY, note="seconds"),
+            default=None,
+            help="Seconds a worker may go without heartbeat, 1 to 86,400.",
         )
         parser.add_argument(
             "--dequeue-strategy",
@@ -90,16 +90,26 @@ class Command(BaseCommand):
             help="'default' keeps the queues' priority order.",
         )
         parser.add_argument(
-            "--pool", type=int, default=1, metavar="N", help="Run N worker processes, supervised by this one."
+            "--pool",
+            type=flags.whole_number(1, MAX_POOL),
+            default=1,
+            metavar="N",
+            help=f"Run N worker processes, supervised by this one (1 to {MAX_POOL:,}).",
         )
         parser.add_argument(
             "--job-monitoring-interval",
-            type=int,
+            type=flags.whole_number(1, flags.DAY, note="seconds"),
             default=None,
-            help="Seconds between two heartbeats while a job runs (default 10). A dead worker's jobs "
-            "are recovered about 3 heartbeats plus DJANGO_JOBS['ORPHAN_GRACE'] after its death.",
+            help="Seconds between two heartbeats while a job runs, 1 to 86,400 (default 10). A dead "
+            "worker's jobs are recovered about 3 heartbeats plus DJANGO_JOBS['ORPHAN_GRACE'] after "
+            "its death.",
         )
-        parser.add_argument("--logging-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR.")
+        parser.add_argument(
+            "--logging-level",
+            type=flags.logging_level,
+            default="INFO",
+            help="DEBUG, INFO, WARNING, ERROR or CRITICAL.",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         names: list[str] = options["queues"] or [conf.default_queue]
@@ -107,23 +117,13 @@ class Command(BaseCommand):
             queues = get_queues(names)
         except UnknownQueueError as exc:
             raise CommandError(str(exc)) from None
-        for number_option in (
-            "max_jobs",
-            "max_idle_time",
-            "worker_ttl",
-            "job_monitoring_interval",
-            "batch_size",
-        ):
-            value = options[number_option]
-            if value is not None and value <= 0:
-                raise CommandError(
-                    f"--{number_option.replace('_', '-')} must be a positive number, not {value}."
-                )
-        if options["pool"] < 1:
-            raise CommandError(f"--pool must be 1 or more, not {options['pool']}.")
         batch_size = options["batch_size"]
-        default_class = "batch" if batch_size is not None else conf.worker_class
-        worker_class = load_worker_class(options["worker_class"] or default_class)
+        if options["worker_class"] is not None:
+            worker_class = load_worker_class(options["worker_class"])
+        elif batch_size is not None:
+            worker_class = load_worker_class("batch")
+        else:
+            worker_class = load_worker_class(conf.worker_class, "DJANGO_JOBS['WORKER_CLASS']")
         if batch_size is not None and not issubclass(worker_class, BatchWorker):
             raise CommandError(
                 f"--batch-size applies to the batch worker only, not to {worker_class.__name__}: "
@@ -146,7 +146,7 @@ class Command(BaseCommand):
             ) from None
 
         if options["pool"] > 1:
-            self.run_pool(names, options)
+            self.run_pool(names, options, connection)
             return
 
         worker = worker_class(
@@ -178,7 +178,7 @@ class Command(BaseCommand):
                 with_scheduler=options["with_scheduler"],
                 max_jobs=options["max_jobs"],
                 max_idle_time=options["max_idle_time"],
-                logging_level=options["logging_level"].upper(),
+                logging_level=options["logging_level"],
                 dequeue_strategy=options["dequeue_strategy"],
             )
         finally:
@@ -196,8 +196,8 @@ class Command(BaseCommand):
             command, env=dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
         )
 
-    def run_pool(self, names: list[str], options: dict[str, Any]) -> None:
-        """Run ``--pool N`` workers as child processes; restart one that crashes."""
+    def run_pool(self, names: list[str], options: dict[str, Any], connection: Redis) -> None:
+        """Run ``--pool N`` workers as child processes (see :mod:`django_jobs.management.pool`)."""
         base = [sys.executable, "-m", "django", "rqworker", *names, "--settings", conf.settings_module]
         for flag in ("burst", "with_scheduler"):
             if options[flag]:
@@ -216,37 +216,16 @@ class Command(BaseCommand):
                 base += ["--" + flag.replace("_", "-"), str(options[flag])]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
         prefix = options["name"] or f"pool-{os.uname().nodename}-{os.getpid()}"
-
-        def start(index: int) -> subprocess.Popen[bytes]:
-            return subprocess.Popen([*base, "--name", f"{prefix}-{index}"], env=env)
-
-        children = {index: start(index) for index in range(1, options["pool"] + 1)}
-        stopping = False
-        failed = 0
-
-        def forward(signum: int, frame: Any) -> None:
-            nonlocal stopping
-            stopping = True
-            for child in children.values():
-                if child.poll() is None:
-                    child.send_signal(signal.SIGTERM)
-
-        signal.signal(signal.SIGINT, forward)
-        signal.signal(signal.SIGTERM, forward)
-        self.stdout.write(f"Started {len(children)} workers on {', '.join(names)}.")
-        while children:
-            for index, child in list(children.items()):
-                code = child.poll()
-                if code is None:
-                    continue
-                del children[index]
-                if stopping or options["burst"]:
-                    failed += code != 0
-                    continue
-                # A worker that ended (crash, --max-jobs, --max-idle-time) is replaced:
-                # the pool keeps its size.
-                logger.warning("Worker %s-%s exited with %s; starting it again.", prefix, index, code)
-                children[index] = start(index)
-            time.sleep(0.2)
+        pool = Pool(
+            base,
+            options["pool"],
+            prefix,
+            connection=connection,
+            queue_names=names,
+            env=env,
+            burst=options["burst"],
+        )
+        self.stdout.write(f"Starting {options['pool']} workers on {', '.join(names)}.")
+        failed = pool.run()
         if failed:
             raise CommandError(f"{failed} of {options['pool']} pool workers exited with an error.")
