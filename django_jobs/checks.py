@@ -22,6 +22,7 @@ django_jobs.W003       ``DJANGO_JOBS["ALLOWED_FUNCTIONS"]`` allows every functio
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from typing import Any
 
@@ -142,7 +143,12 @@ def check_options(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
         "ORPHAN_GRACE",
     ):
         seconds = options.get(key, DEFAULTS[key])
-        if not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds <= 0:
+        if (
+            not isinstance(seconds, int | float)
+            or isinstance(seconds, bool)
+            or not math.isfinite(seconds)
+            or seconds <= 0
+        ):
             messages.append(
                 Error(
                     f"DJANGO_JOBS[{key!r}] must be a positive number of seconds, not {seconds!r}.",

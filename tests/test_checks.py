@@ -139,6 +139,10 @@ def test_e004_bad_option_values(settings: Any) -> None:
     assert ids(messages) == ["django_jobs.E004", "django_jobs.E004"]
     settings.DJANGO_JOBS = ["not", "a", "dict"]
     assert ids(check_options()) == ["django_jobs.E004"]
+    settings.DJANGO_JOBS = {"ORPHAN_GRACE": float("nan"), "RECONCILE_INTERVAL": float("inf")}
+    messages = check_options()
+    assert ids(messages) == ["django_jobs.E004", "django_jobs.E004"]
+    assert "must be a positive number of seconds, not nan" in messages[1].msg
 
 
 def test_e005_default_queue_not_configured(settings: Any) -> None:
