@@ -30,6 +30,14 @@ def _spelled(seconds: float) -> str:
     return f"{seconds:,.0f} s ({days:,.0f} days)" if days >= 1 else f"{seconds:,.0f} s"
 
 
+def _shown(value: Any) -> str:
+    """``repr(value)``; an int beyond any float by its size, as it may be too long to read or even
+    to turn into text (past 4,300 digits)."""
+    if isinstance(value, int) and value.bit_length() > 1024:
+        return f"<an int of {value.bit_length():,} bits>"
+    return repr(value)
+
+
 def check_seconds(
     label: str, name: str, value: Any, *, maximum: float, allow_zero: bool = False, timedelta_ok: bool = False
 ) -> float:
@@ -38,14 +46,17 @@ def check_seconds(
     if timedelta_ok and isinstance(value, timedelta):
         seconds = value.total_seconds()
     elif isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int beyond any float is beyond every bound
+            seconds = math.inf if value > 0 else -math.inf
     else:
         kinds = "seconds or a timedelta" if timedelta_ok else "a number of seconds"
         raise TypeError(f"{label}: {name} must be {kinds}, not {type(value).__name__}.")
     lowest = "0 or more" if allow_zero else "greater than 0"
     if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not allow_zero) or seconds > maximum:
         raise ValueError(
-            f"{label}: {name}={value!r} is out of bounds: give a number of seconds {lowest} and at "
+            f"{label}: {name}={_shown(value)} is out of bounds: give a number of seconds {lowest} and at "
             f"most {_spelled(maximum)}."
         )
     return seconds
@@ -53,11 +64,18 @@ def check_seconds(
 
 def check_timeout(label: str, timeout: Any) -> None:
     """Raise for a ``timeout`` RQ would reject only when pushing, or one out of bounds."""
-    try:
-        seconds = parse_timeout(timeout)
-    except (TimeoutFormatError, TypeError, ValueError, AssertionError):  # RQ asserts on other types
-        seconds = None
-    if not isinstance(seconds, int | float) or isinstance(seconds, bool):
+    if isinstance(timeout, float) and not math.isfinite(timeout):
+        # Out of bounds; RQ's int() would raise OverflowError for it, or fail an assert for NaN.
+        check_seconds(label, "timeout", timeout, maximum=MAX_TIMEOUT)
+    seconds = None
+    # Only seconds or RQ's text form: RQ reads True as 1 s, fails an assert for bytes, and takes a
+    # Decimal, which the row's JSON could not hold.
+    if isinstance(timeout, int | float | str) and not isinstance(timeout, bool):
+        try:
+            seconds = parse_timeout(timeout)
+        except (TimeoutFormatError, ValueError):
+            seconds = None
+    if seconds is None:
         raise ValueError(
             f"{label}: timeout {timeout!r} is invalid: give seconds as an int, or a string such as "
             "'90', '30s', '15m', '2h' or '1d'."

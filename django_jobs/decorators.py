@@ -105,16 +105,22 @@ class JobFunction(Generic[P, R]):
         self.rate_limit = rate_limit
         self.concurrency = concurrency
         self.signature = inspect.signature(func)
+        #: The parameters that gather arguments (``*args``, ``**kwargs``).
+        self.gathering = frozenset(
+            parameter.name
+            for parameter in self.signature.parameters.values()
+            if parameter.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        )
         registry[self.name] = self
 
     def __repr__(self) -> str:
         return f"<JobFunction {self.name}>"
 
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+    def __call__(self, /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the function now, in this process."""
         return self.func(*args, **kwargs)
 
-    def delay(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle[R]:
+    def delay(self, /, *args: P.args, **kwargs: P.kwargs) -> JobHandle[R]:
         """Enqueue a call on the job's queue; return its handle at once.
 
         Inside ``transaction.atomic()`` the job is pushed to Redis only when

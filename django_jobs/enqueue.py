@@ -19,7 +19,7 @@ import logging
 import re
 import uuid
 from collections.abc import Iterable, Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("django_jobs.enqueue")
 
-_JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+_JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
 def new_job_id() -> str:
@@ -65,7 +65,8 @@ def due_time(label: str, countdown: float | timedelta | None, eta: datetime | No
     if timezone.is_naive(eta):
         eta = timezone.make_aware(eta, timezone.get_default_timezone())  # documented: settings.TIME_ZONE
     check_eta(label, eta, now)
-    return eta if eta > now else None
+    # In UTC: PostgreSQL refuses an offset of 16 hours or more, or one with seconds, that Python allows.
+    return eta.astimezone(UTC) if eta > now else None
 
 
 def _dependency_ids(depends_on: Any) -> list[str]:
@@ -92,11 +93,12 @@ def _checked_arguments(
         raise TypeError(
             f"{label}: the arguments do not fit its signature {function.signature}: {exc}."
         ) from None
+    gathering = function.gathering
     if uses_json():
-        check_arguments(label, bound.arguments)
+        check_arguments(label, bound.arguments, gathering=gathering)
         stored: tuple[list[Any], dict[str, Any]] = (list(args), dict(kwargs))
     else:  # pickled: any object travels, the row keeps a JSON text form of each
-        check_arguments(label, bound.arguments, json_only=False)
+        check_arguments(label, bound.arguments, json_only=False, gathering=gathering)
         stored = (to_jsonable(list(args)), to_jsonable(dict(kwargs)))
     check_payload_size(label, stored)
     return stored
@@ -162,9 +164,9 @@ def enqueue(
     chosen_id = job_id is not None
     if job_id is None:
         job_id = new_job_id()
-    elif not isinstance(job_id, str) or not _JOB_ID.match(job_id):
+    elif not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
         raise ValueError(
-            f"job_id {job_id!r} is invalid: use 1 to 128 characters from A-Z, a-z, 0-9, _ and -."
+            f"{label}: job_id {job_id!r} is invalid: use 1 to 128 characters from A-Z, a-z, 0-9, _ and -."
         )
 
     if timeout is not None:  # @job's own was checked at import

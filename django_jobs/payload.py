@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Collection
 from typing import Any, NamedTuple
 
 from .conf import conf
@@ -101,7 +102,7 @@ def find_problem(value: Any, path: str, *, json_only: bool = True, depth: int = 
             for key, item in value.items():
                 if not isinstance(key, str):
                     if json_only:
-                        return Problem(f"{path} key {key!r}", key, KEY)
+                        return Problem(f"{path} key {_shown(key)}", key, KEY)
                     continue
                 found = _text_problem(key, f"{path} key {key!r}") or find_problem(
                     item, f"{path}[{key!r}]", json_only=json_only, depth=depth + 1
@@ -115,6 +116,15 @@ def find_problem(value: Any, path: str, *, json_only: bool = True, depth: int = 
                 return found
         return None
     return Problem(path, value, TYPE) if json_only else None
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)``, or what it is when it has none: an int of more than 4,300 digits (or a
+    tuple holding one) cannot be turned into text, and a ``__repr__`` may fail."""
+    try:
+        return repr(value)
+    except Exception:
+        return f"<a {_type_label(value)}>"
 
 
 def _type_label(value: Any) -> str:
@@ -149,14 +159,20 @@ def argument_error(label: str, problem: Problem) -> TypeError | ValueError:
     return ValueError(f"{label}: argument {where!r} {RULES[kind]}.")
 
 
-def check_arguments(label: str, arguments: dict[str, Any], *, json_only: bool = True) -> None:
+def check_arguments(
+    label: str, arguments: dict[str, Any], *, json_only: bool = True, gathering: Collection[str] = ()
+) -> None:
     """Raise ``TypeError``/``ValueError`` when an argument breaks a rule.
 
     ``arguments`` maps each parameter name to the value passed for it, so the
     message can name it (``value['when'][0]``); ``label`` names the job function.
+    ``gathering`` names the parameters that gather arguments (``*args``, ``**kwargs``):
+    each value they hold is an argument of its own, held to the rules as if a
+    parameter of its own took it (the tuple or dict around them is no level).
     """
     for name, value in arguments.items():
-        problem = find_problem(value, name, json_only=json_only)
+        depth = -1 if name in gathering else 0
+        problem = find_problem(value, name, json_only=json_only, depth=depth)
         if problem is not None:
             raise argument_error(label, problem)
 

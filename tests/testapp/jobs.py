@@ -392,3 +392,12 @@ def whole_view(value: int) -> dict[str, Any]:
 def enqueue_echo(value: Any) -> str:
     """Enqueue echo(value) from inside a job; return its id."""
     return echo.delay(value).id
+
+
+# -- fuzz (tests/test_fuzz.py) ----------------------------------------------------------------------
+
+
+@job
+def echo_call(*args: Any, **kwargs: Any) -> list[Any]:
+    """Return what it was called with, as [args, kwargs]: any keyword name is welcome."""
+    return [list(args), kwargs]
