@@ -50,10 +50,11 @@ class JobFunctionNotAllowed(JobError, PermissionError):
         self.func_name = func_name
         super().__init__(
             f"The {what} {func_name!r} is not registered, so the worker refused to run it (its module "
-            "was not imported). A worker runs only functions decorated with @job in a module it "
-            "imports (an app's jobs.py or tasks.py: DJANGO_JOBS['AUTODISCOVER']) and those listed in "
-            "DJANGO_JOBS['ALLOWED_FUNCTIONS'] (dotted paths, or module prefixes ending with '.'). "
-            "If this job is yours, register its function, then requeue it; if it is not, something "
+            "was not imported). Either it was renamed, moved or removed after the job was enqueued "
+            "(deploy code that defines it, or keep an alias under the old name, then requeue the job), "
+            "or it is not a @job function of a module the worker imports (an app's jobs.py or "
+            "tasks.py: DJANGO_JOBS['AUTODISCOVER']) nor listed in DJANGO_JOBS['ALLOWED_FUNCTIONS'] "
+            "(dotted paths, or module prefixes ending with '.'). If the job is not yours, something "
             "wrote it into Redis: see docs/security.md."
         )
 

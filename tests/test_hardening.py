@@ -395,3 +395,12 @@ def test_the_row_writer_moves_past_a_row_the_database_refuses(caplog: Any) -> No
 
     assert set(JobRecord.objects.values_list("pk", flat=True)) == {"first", "last"}
     assert "refuses the row of job refused (IntegrityError" in caplog.text
+
+
+def test_an_allowed_function_that_does_not_import_says_so(settings: Any) -> None:
+    settings.DJANGO_JOBS = {"ALLOWED_FUNCTIONS": ["tests.no_such_module."]}
+    gone = plain_rq().enqueue("tests.no_such_module.job")
+    run_burst(["default"])
+    row = JobRecord.objects.get(pk=gone.id)
+    assert row.status == "failed"
+    assert "JobFunctionImportError: Cannot import the job function 'tests.no_such_module.job'" in row.error

@@ -163,7 +163,14 @@ def test_a_job_enqueued_with_plain_rq_reaches_the_spare_whole() -> None:
         retry=Retry(max=2, interval=[1, 2]),
         depends_on=parent,
     )
-    worker = start_manage("rqworker", "default", "--name", "w-whole")
+    # whole_view is no @job function: jobs from plain RQ run when the allowlist names them.
+    worker = start_manage(
+        "rqworker",
+        "default",
+        "--name",
+        "w-whole",
+        options={"ALLOWED_FUNCTIONS": ["tests.testapp.jobs.whole_view"]},
+    )
     try:
         spare_of(worker)
         view = get_job(rq_job.id).wait(timeout=60)

@@ -220,7 +220,8 @@ def test_a_removed_function_fails_clearly(manage: Any) -> None:
     assert manage("rqworker", "--burst").returncode == 0
     record = JobRecord.objects.get(pk=job_id)
     assert record.status == "failed"
-    assert "Cannot import the job function 'tests.testapp.jobs.was_removed'" in record.error
+    assert "The job function 'tests.testapp.jobs.was_removed' is not registered" in record.error
+    assert "renamed, moved or removed after the job was enqueued" in record.error
 
 
 @pytest.mark.slow
