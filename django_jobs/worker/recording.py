@@ -30,7 +30,7 @@ from rq.utils import now as rq_now
 from .. import limits, outcomes, records, retries
 from ..db.connections import reset_database_connections
 from ..jobclass import JobsJob
-from ..payload import to_jsonable
+from ..payload import storable_text, to_jsonable
 from ..status import JobStatus
 from .upkeep import UpkeepMixin
 
@@ -155,6 +155,9 @@ class RecordingWorkerMixin(UpkeepMixin):
     ) -> None:
         stopped = self._stopped_job_id == job.id
         error, self._job_error = self._job_error, None
+        # An exception's text is the job's to choose: RQ writes it to Redis as UTF-8, which a lone
+        # surrogate breaks (the worker or its work-horse would die of it), so RQ gets it escaped too.
+        exc_string = storable_text(exc_string)
         super().handle_job_failure(
             job, queue, started_job_registry=started_job_registry, exc_string=exc_string, execution=execution
         )
