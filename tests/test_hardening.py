@@ -34,11 +34,12 @@ from django_jobs.spec import JobSpec
 from django_jobs.testing import run_burst
 from django_jobs.worker import BatchWorker
 from tests.testapp.jobs import add, echo, raises_unstorable_text, takes_options
+from tests.testapp.unregistered import IMPORT_MARKER_ENV
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-UNREGISTERED = "tests.testapp.not_registered.touch"
-UNREGISTERED_MODULE = "tests.testapp.not_registered"
+UNREGISTERED = "tests.testapp.unregistered.touch"
+UNREGISTERED_MODULE = "tests.testapp.unregistered"
 
 
 @pytest.fixture
@@ -96,7 +97,7 @@ def test_the_forking_worker_refuses_it_too_and_never_imports_the_module(tmp_path
     refused = plain_rq().enqueue(UNREGISTERED, str(run_trace))
     allowed = add.delay(1, 2)
 
-    result = manage("rqworker", "default", "--burst", env={"DJANGO_JOBS_TEST_IMPORT_MARKER": str(marker)})
+    result = manage("rqworker", "default", "--burst", env={IMPORT_MARKER_ENV: str(marker)})
 
     assert result.returncode == 0, result.stderr
     row = JobRecord.objects.get(pk=refused.id)
@@ -116,10 +117,10 @@ def test_allowed_functions_let_jobs_from_plain_rq_run(
     first = queue.enqueue(UNREGISTERED, str(exact))
     registered = queue.enqueue("tests.testapp.jobs.add", 2, 3)  # a @job function needs no listing
     run_burst(["default"])
-    settings.DJANGO_JOBS = {"ALLOWED_FUNCTIONS": ["tests.testapp.not_registered."]}
+    settings.DJANGO_JOBS = {"ALLOWED_FUNCTIONS": ["tests.testapp.unregistered."]}
     second = queue.enqueue(UNREGISTERED, str(by_prefix))
     run_burst(["default"])
-    settings.DJANGO_JOBS = {"ALLOWED_FUNCTIONS": ["tests.testapp.not_registered.touch2", "tests.testapp.not"]}
+    settings.DJANGO_JOBS = {"ALLOWED_FUNCTIONS": ["tests.testapp.unregistered.touch2", "tests.testapp.unreg"]}
     third = queue.enqueue(UNREGISTERED, str(other))  # neither the name nor a module prefix of it
     run_burst(["default"])
 

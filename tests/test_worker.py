@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +15,17 @@ from django_jobs.records import create
 from django_jobs.spec import JobSpec
 from django_jobs.testing import run_burst
 from tests.processes import start_manage, stop, wait_for
-from tests.testapp.jobs import add, count_rows, echo, explode, flaky, pid, returns_object, sleep_for
+from tests.testapp.jobs import (
+    add,
+    count_rows,
+    echo,
+    explode,
+    fault_poison,
+    flaky,
+    pid,
+    returns_object,
+    sleep_for,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -102,6 +113,23 @@ def test_missing_function_fails_clearly_and_the_worker_goes_on(manage: Any) -> N
         # No @job function by that name in the worker: refused before any import is tried.
         assert "JobFunctionNotAllowed: The job function" in record.error
         assert "is not registered" in record.error and "renamed, moved or removed" in record.error
+    assert JobRecord.objects.get(pk=after.id).status == "finished"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("worker_class", ["fork", "simple", "batch"])
+def test_error_text_no_database_stores_is_kept_escaped_and_the_worker_goes_on(
+    manage: Any, tmp_path: Path, worker_class: str
+) -> None:
+    poison = fault_poison.delay(str(tmp_path / "runs.log"), "poison")  # raises "… bad\x00value \ud800"
+    after = add.delay(1, 2)
+    result = manage("rqworker", "default", "--burst", "--worker-class", worker_class)
+    assert result.returncode == 0, result.stderr
+    record = JobRecord.objects.get(pk=poison.id)
+    assert record.status == "failed"
+    assert record.error.strip().endswith("ValueError: poison bad\\x00value \\ud800")
+    # RQ's copy, which RQ writes to Redis as UTF-8, is escaped the same way.
+    assert get_queue("default").fetch_job(poison.id).latest_result().exc_string == record.error
     assert JobRecord.objects.get(pk=after.id).status == "finished"
 
 

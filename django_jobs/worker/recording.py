@@ -155,8 +155,8 @@ class RecordingWorkerMixin(UpkeepMixin):
     ) -> None:
         stopped = self._stopped_job_id == job.id
         error, self._job_error = self._job_error, None
-        # RQ keeps the text in Redis as UTF-8: a lone surrogate in an exception's message would
-        # make it raise here and the worker quit. Escaped, as the row keeps it.
+        # An exception's text is the job's to choose: RQ writes it to Redis as UTF-8, which a lone
+        # surrogate breaks (the worker or its work-horse would die of it), so RQ gets it escaped too.
         exc_string = storable_text(exc_string)
         super().handle_job_failure(
             job, queue, started_job_registry=started_job_registry, exc_string=exc_string, execution=execution

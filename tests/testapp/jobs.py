@@ -275,6 +275,24 @@ def fault_retrying(log_path: str, marker_path: str, key: str, failures: int) -> 
     return key
 
 
+#: What a poison job's error holds that no database stores as it is: PostgreSQL refuses NUL in
+#: text and JSON, and a lone surrogate is not valid Unicode, so it cannot be written as UTF-8.
+POISON = "bad\x00value \ud800"
+
+
+@job
+def fault_poison(log_path: str, key: str, seconds: float = 0.0) -> None:
+    """Raise, after ``seconds``, an error whose message holds :data:`POISON`; no retries, so it must
+    end failed, its error stored escaped."""
+    if seconds:
+        # The suite cuts the database while it sleeps ("began", not "started": it kills workers
+        # only in the middle of slow jobs).
+        _log_execution(log_path, key, "began")
+        time.sleep(seconds)
+    _log_execution(log_path, key, "raised")
+    raise ValueError(f"{key} {POISON}")
+
+
 # -- for the batch worker -----------------------------------------------------------------
 
 
