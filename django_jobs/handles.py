@@ -96,7 +96,9 @@ class JobHandle(Generic[R]):
     def cancel(self) -> bool:
         """Cancel a job that has not started yet; return whether it was canceled.
 
-        Works before the enqueuing transaction commits too: the pending push is dropped.
+        Works before the enqueuing transaction commits too: the pending push is dropped. Works
+        while Redis is away too: the row is canceled at once, a worker that takes the job skips
+        it, and the job leaves Redis once it is back (see :mod:`django_jobs.removals`).
         """
         settle()
         return actions.cancel(JobRecord.objects.using(records.db_alias()).filter(pk=self.id)).done == 1

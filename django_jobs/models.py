@@ -20,6 +20,7 @@ __all__ = [
     "JobRecordQuerySet",
     "JobStatus",
     "MissedRunPolicy",
+    "PendingRemoval",
     "PeriodicJob",
 ]
 
@@ -153,6 +154,31 @@ class JobDependency(models.Model):
 
     def __str__(self) -> str:
         return f"{self.job_id} after {self.depends_on_id}"
+
+
+class PendingRemoval(models.Model):
+    """An RQ job still to be taken out of Redis: its row was canceled or deleted while Redis
+    could not be reached.
+
+    Written with the row's change, in the same transaction. Until Redis is cleaned
+    (``removals.sweep``) a worker that takes the job skips it: a canceled row refuses the
+    start, and a job that has no row and has this entry is one whose row was deleted (a job
+    enqueued with plain RQ has no row and no entry, and runs). ``removed_at`` is when the job
+    was taken out of Redis; the entry is kept a while after it (``removals.GRACE``) for a
+    worker that took the job just before.
+    """
+
+    job_id = models.CharField(_("job id"), max_length=128, primary_key=True)
+    queue = models.CharField(_("queue"), max_length=100)
+    created_at = models.DateTimeField(_("created at"), default=timezone.now)
+    removed_at = models.DateTimeField(_("removed from Redis at"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("pending removal from Redis")
+        verbose_name_plural = _("pending removals from Redis")
+
+    def __str__(self) -> str:
+        return f"{self.job_id} ({self.queue})"
 
 
 class Dashboard(JobRecord):

@@ -66,7 +66,8 @@ def _at(value: Any) -> datetime | None:
 def write(step: str, job_id: str, fields: dict[str, Any], job: Job | None = None) -> Any:
     """Write one step of a job to its row. ``job``, the RQ job, lets a start give a job without a
     row (enqueued with plain RQ) a whole one. Returns what the write returned (a
-    :class:`~django_jobs.records.FailedAttempt` for ``failed``)."""
+    :class:`~django_jobs.records.FailedAttempt` for ``failed``; for ``started`` with ``job``,
+    False if the job must not run: its row was canceled or deleted, see :func:`refused`)."""
     at = _at(fields.get("at"))
     if step == STARTED:
         if job is not None:
@@ -111,12 +112,11 @@ def write_storable(step: str, job_id: str, fields: dict[str, Any], job: Job | No
     try:
         escaped = {key: storable(value) if key in _ESCAPED else value for key, value in fields.items()}
         written = write(step, job_id, escaped, job)
-        records.add_note(
-            job_id,
-            ESCAPED_NOTE,
-            f"The {step} outcome held values the database refused "
-            f"({cause}); they were stored escaped (NUL as \\x00, lone surrogates as \\udxxx).",
-        )
+        row = records.load(job_id)
+        if row is not None:  # the admin shows why the row's text differs from what the job made
+            note = f"The {step} outcome held values the database refused ({cause}); they were stored "
+            note += "escaped (NUL as \\x00, lone surrogates as \\udxxx)."
+            records.set_meta(job_id, {**row.meta, ESCAPED_NOTE: note})
         return written
     except Exception as exc:
         if not refused_item(exc):
@@ -133,6 +133,13 @@ def write_storable(step: str, job_id: str, fields: dict[str, Any], job: Job | No
             "The %s of job %s cannot be stored at all; dropped. Its row is left as it was.", step, job_id
         )
     return None
+
+
+def refused(written: Any) -> bool:
+    """Whether a written start (what :func:`record` returned for ``started``) says the job must not
+    run: its row was canceled, or deleted while Redis was away. A start kept in the spool (the
+    database is away) cannot tell: the job runs."""
+    return written is False
 
 
 def follow_up(job_id: str, written: Any) -> None:
@@ -190,23 +197,23 @@ def record_end_and_start(
     ended_fields: dict[str, Any],
     starting: Job,
     starting_fields: dict[str, Any],
-) -> None:
+) -> Any:
     """A batch worker's end of one job and start of the next, as one write where the database
     allows it (:func:`records.mark_finished_then_started <django_jobs.records.mark_finished_then_started>`);
-    else, or while a step of either job waits in the spool, as the two steps one after the other."""
+    else, or while a step of either job waits in the spool, as the two steps one after the other.
+    Returns what the start's write returned (see :func:`refused`)."""
     if not is_spooled(ended.id) and not is_spooled(starting.id):
         try:
-            records.mark_finished_then_started(
+            return records.mark_finished_then_started(
                 (ended.id, ended_fields.get("result"), _at(ended_fields["at"]) or timezone.now()),
                 starting,
                 starting_fields["worker_name"],
                 _at(starting_fields["at"]) or timezone.now(),
             )
-            return
         except (DatabaseError, InterfaceError):
             pass  # one by one now, each with its retries and the spool
     record(connection, FINISHED, ended.id, ended_fields, ended)
-    record(connection, STARTED, starting.id, starting_fields, starting)
+    return record(connection, STARTED, starting.id, starting_fields, starting)
 
 
 def is_spooled(job_id: str) -> bool:

@@ -11,11 +11,13 @@ may travel as :mod:`django_jobs.db.postgres` sends it).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from django.db import DatabaseError, IntegrityError, InterfaceError, connections, transaction
+from django.db.models import CharField, Value
 from django.utils import timezone
 from rq.exceptions import NoSuchJobError
 
@@ -39,11 +41,11 @@ from .db.statements import (
     row_values,
     start_statement,
 )
-from .models import ACTIVE_STATUSES, JobDependency, JobRecord
+from .models import ACTIVE_STATUSES, JobDependency, JobRecord, PendingRemoval
 from .payload import to_jsonable
 from .queues import get_queue
 from .spec import JobSpec
-from .status import JobStatus, check_target, status_filter
+from .status import JobStatus, check_target, sources, status_filter
 
 if TYPE_CHECKING:
     from rq.job import Job
@@ -179,32 +181,49 @@ def _create_from_job(job: Job, **fields: Any) -> bool:
 
 
 def mark_started_by_id(job_id: str, worker_name: str, at: datetime | None = None) -> bool:
-    """Set ``started``, the start time and the worker, and count the attempt; False if no row.
+    """Set ``started``, the start time and the worker, and count the attempt; False if the job
+    has no row, or if its row refuses the start (canceled: the job must not run).
 
     A start older than the row's last end is skipped: it is a late write of
     an attempt that already ended (written back after a database outage).
     """
     statement = start_statement(job_id, worker_name, at, alone=alone())
-    return _started_or_missing(job_id, statement, execute(*statement))
+    return bool(_started(job_id, statement, execute(*statement)))
 
 
-def _started_or_missing(job_id: str, statement: tuple[str, list[Any]], changed: int) -> bool:
-    """After the start ``statement`` changed ``changed`` rows: False if the job has no row."""
+#: What :func:`_started` reads of a job with no row but a ``PendingRemoval`` (its row was deleted).
+_DELETED = ""
+
+
+def _started(job_id: str, statement: tuple[str, list[Any]], changed: int) -> bool | None:
+    """After the start ``statement`` changed ``changed`` rows: True if the row is started, False
+    if the job must not run (its row is canceled, or was deleted while Redis was away: a
+    ``PendingRemoval`` says so), None if the job has no row (enqueued with plain RQ, or pushed
+    ahead of its row). The row and the entry are read in one query."""
     if changed:
         return True
-    if not JobRecord.objects.using(db_alias()).filter(pk=job_id).exists():
+    using = db_alias()
+    status = JobRecord.objects.using(using).filter(pk=job_id).order_by().values_list("status", flat=True)
+    deleted = PendingRemoval.objects.using(using).filter(pk=job_id).order_by()
+    found = set(status.union(deleted.values_list(Value(_DELETED, output_field=CharField())), all=True))
+    row = found - {_DELETED}
+    if not row:
+        return False if found else None
+    if row.pop() not in sources("start"):
         return False
     # A late start changes nothing again; a row its enqueuing process wrote just now is started.
     execute(*statement)
     return True
 
 
-def mark_started(job: Job, worker_name: str, at: datetime | None = None) -> None:
+def mark_started(job: Job, worker_name: str, at: datetime | None = None) -> bool:
     """The job is running; a job without a row (enqueued with plain RQ, or pushed ahead of its
-    row) gets one now."""
+    row) gets one now. False if the job must not run: its row was canceled, or deleted while
+    Redis was away (see :class:`~django_jobs.models.PendingRemoval`); the worker skips it."""
     now = at or timezone.now()
-    if not mark_started_by_id(job.id, worker_name, now):
-        _start_without_row(job, worker_name, now)
+    statement = start_statement(job.id, worker_name, now, alone=alone())
+    started = _started(job.id, statement, execute(*statement))
+    return _start_without_row(job, worker_name, now) if started is None else started
 
 
 class SentStart(Sent):
@@ -215,13 +234,19 @@ class SentStart(Sent):
         # Sent only outside a transaction (see sending_connection): a transaction of its own.
         super().__init__(connection, start_statement(job.id, worker_name, at, alone=True))
 
-    def finish(self) -> None:
-        """Wait for the answer and complete the start as :func:`mark_started` would.
+    def finish(self, ruled: Callable[[bool], Any] | None = None) -> bool:
+        """Wait for the answer and complete the start as :func:`mark_started` would; False if
+        the job must not run. ``ruled(True)`` is called for a job without a row (and none
+        deleted) before its row is written: it may run from then on.
 
         Raises Django's ``DatabaseError`` if the statement failed: then nothing was written.
         """
-        if not _started_or_missing(self.job.id, self.statement, self._rows()):
-            _start_without_row(self.job, self.worker_name, self.at)
+        started = _started(self.job.id, self.statement, self._rows())
+        if started is not None:
+            return started
+        if ruled is not None:
+            ruled(True)
+        return _start_without_row(self.job, self.worker_name, self.at)
 
 
 def send_start(job: Job, worker_name: str, at: datetime) -> SentStart | None:
@@ -241,21 +266,22 @@ def send_start(job: Job, worker_name: str, at: datetime) -> SentStart | None:
         return None  # mark_started() then tries again, and the spool keeps it if it must
 
 
-def _start_without_row(job: Job, worker_name: str, at: datetime) -> None:
+def _start_without_row(job: Job, worker_name: str, at: datetime) -> bool:
     created = _create_from_job(
         job, attempts=1, status=JobStatus.STARTED, started_at=at, ended_at=None, worker_name=worker_name
     )
-    if not created:
-        # Its enqueuing process wrote the row in between: start that one.
-        mark_started_by_id(job.id, worker_name, at)
+    # Else its enqueuing process wrote the row in between: start that one.
+    return created or mark_started_by_id(job.id, worker_name, at)
 
 
 def mark_started_late(job_id: str, worker_name: str, at: datetime | None) -> None:
     """A start written back from the spool; a job without a row (pushed ahead of its row while
     the database was down) gets one now, from Redis while Redis still has the job, else with
-    what the start knows (the late insert of its enqueuing process fills in the rest)."""
+    what the start knows (the late insert of its enqueuing process fills in the rest). A row
+    canceled or deleted meanwhile is left so."""
     now = at or timezone.now()
-    if mark_started_by_id(job_id, worker_name, now):
+    statement = start_statement(job_id, worker_name, now, alone=alone())
+    if _started(job_id, statement, execute(*statement)) is not None:
         return
     queue = get_queue(None)
     try:
@@ -284,8 +310,9 @@ def mark_finished(job_id: str, result: Any, at: datetime | None = None) -> None:
 
 def mark_finished_then_started(
     finished: tuple[str, Any, datetime], job: Job, worker_name: str, at: datetime
-) -> None:
-    """One job's end (``finished``: its id, result and end time) and the next job's start, together.
+) -> bool:
+    """One job's end (``finished``: its id, result and end time) and the next job's start, together;
+    False if the next job must not run (as :func:`mark_started`).
 
     On PostgreSQL the two ``UPDATE`` statements travel in one request and commit together: one
     round trip where two autocommit statements take two, and a transaction block three. Outside
@@ -298,10 +325,9 @@ def mark_finished_then_started(
     finish, start = finish_statement(*finished), start_statement(job.id, worker_name, at)
     sending = sending_connection(db_alias())
     counts = None if sending is None else run_together(sending, [finish, start])
+    # A start that changed no row: no row (enqueued with plain RQ), a canceled row, or a late start.
     if counts is not None:
-        if not counts[1]:
-            mark_started(job, worker_name, at)  # no row (enqueued with plain RQ), or a late start
-        return
+        return bool(counts[1]) or mark_started(job, worker_name, at)
     connection = connections[db_alias()]
     in_one_request = (
         connection.vendor == "postgresql"
@@ -311,15 +337,13 @@ def mark_finished_then_started(
     if not in_one_request:
         with transaction.atomic(using=connection.alias):
             mark_finished(*finished)
-            mark_started(job, worker_name, at)
-        return
+            return mark_started(job, worker_name, at)
     (finish_sql, finish_params), (start_sql, start_params) = finish, start
     with connection.cursor() as cursor:
         cursor.execute(f"{finish_sql}; {start_sql}", [*finish_params, *start_params])
         cursor.nextset()
         started = cursor.rowcount
-    if not started:
-        mark_started(job, worker_name, at)  # no row (enqueued with plain RQ), or a late start
+    return bool(started) or mark_started(job, worker_name, at)
 
 
 #: The exception RQ raises for a job whose payload in Redis cannot be read, and what the row says.
@@ -430,22 +454,17 @@ def mark_requeued(job_ids: list[str]) -> set[str]:
 
 
 def mark_canceled_many(job_ids: list[str]) -> int:
-    """Cancel jobs that have not started; a row that started meanwhile is left as it is."""
+    """Cancel jobs that have not started; a row that started meanwhile is left as it is. A
+    canceled row needs no push: one that waited for its push (``needs_push``) waits no more."""
     if not job_ids:
         return 0
-    return int(_rows("cancel", *job_ids).update(status=JobStatus.CANCELED, ended_at=timezone.now()))
+    now = timezone.now()
+    return int(_rows("cancel", *job_ids).update(status=JobStatus.CANCELED, ended_at=now, needs_push=False))
 
 
 def set_meta(job_id: str, meta: dict[str, Any]) -> None:
     """Replace the job's ``meta`` (progress and user data)."""
     JobRecord.objects.using(db_alias()).filter(pk=job_id).update(meta=meta)
-
-
-def add_note(job_id: str, key: str, text: str) -> None:
-    """Keep ``text`` in the row's ``meta`` under ``key``: what the admin should tell about it."""
-    row = JobRecord.objects.using(db_alias()).filter(pk=job_id).values("meta").first()
-    if row is not None:
-        set_meta(job_id, {**(row["meta"] or {}), key: text})
 
 
 def mark_dependencies_met(job_id: str) -> None:

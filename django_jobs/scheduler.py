@@ -36,7 +36,7 @@ from django.utils import timezone
 from redis import Redis
 from redis.exceptions import RedisError
 
-from . import outcomes, records, recovery, retention
+from . import outcomes, records, recovery, removals, retention
 from .conf import conf
 from .cron import next_run
 from .db.connections import reset_database_connections
@@ -348,6 +348,8 @@ class Scheduler:
         # while the database was away must not be taken for an orphan.
         if outcomes.pending(connection):
             outcomes.replay_spool(connection)
+        # Jobs of rows canceled or deleted while Redis was away leave it now.
+        removals.sweep(now)
         pushed = recovery.push_pending(now)
         lost = recovery.redis_lost_data(connection, self.name)
         if lost or time.monotonic() - self.reconciled_at >= conf.reconcile_interval:

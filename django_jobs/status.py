@@ -64,9 +64,11 @@ _S = JobStatus
 
 #: Every status change a row can go through, by the name of the write that makes it.
 TRANSITIONS: dict[str, Transition] = {
-    # A worker took the job. From any status: what runs is what the row says. A late write of
-    # a start (kept while the database was away) is told apart by the row's end time instead.
-    "start": Transition(_ANY, frozenset({_S.STARTED})),
+    # A worker took the job. From any status but canceled: what runs is what the row says. A
+    # canceled job that reaches a worker (canceled while Redis was away, or as the worker took
+    # it) is refused, and the worker skips it. A late write of a start (kept while the database
+    # was away) is told apart by the row's end time instead.
+    "start": Transition(_ANY - {_S.CANCELED}, frozenset({_S.STARTED})),
     # The job returned. From any status, for the same reason (a job canceled or given up for
     # lost while it still ran says that it finished).
     "finish": Transition(_ANY, frozenset({_S.FINISHED})),

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import functools
 import socket
+from typing import Any
+
+from django.test.utils import override_settings
 
 
 def free_port() -> int:
@@ -27,3 +30,12 @@ def closed_port() -> int:
     refuses connections to it, and no server the suite starts can take it meanwhile.
     """
     return int(_held_closed().getsockname()[1])
+
+
+def redis_away(*names: str) -> Any:
+    """``override_settings`` under which Redis cannot be reached: every queue of the test settings
+    (or ``names``) on the closed port. The test's real Redis keeps its data meanwhile, and is
+    back when the block ends."""
+    url = f"redis://127.0.0.1:{closed_port()}/0"
+    queues = names or ("default", "high", "low", "emails")
+    return override_settings(RQ_QUEUES={name: {"URL": url} for name in queues})

@@ -25,12 +25,13 @@ from django.utils import timezone
 from rq.job import Job
 
 from django_jobs import get_queue
-from django_jobs.models import JobRecord
+from django_jobs.models import JobRecord, PendingRemoval
 from django_jobs.pauses import PAUSED_KEY
 from django_jobs.progress import set_progress
 from django_jobs.testing import run_burst
+from tests.ports import redis_away
 from tests.processes import start_manage, stop, wait_for
-from tests.testapp.jobs import add, charge, crunch, echo, explode, flaky, sleep_for
+from tests.testapp.jobs import add, charge, crunch, echo, explode, flaky, note, sleep_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -661,6 +662,86 @@ def test_a_canceled_job_that_was_never_in_redis_runs_when_requeued(admin_client:
     assert get_queue().get_job_ids() == [row]
     run_burst(["default"])
     assert JobRecord.objects.get(pk=row).status == "finished"
+
+
+def redis_later(verb: str) -> str:
+    return (
+        "Redis could not be reached; it will be cleaned up when it is back, and meanwhile no "
+        f"worker runs what was {verb}."
+    )
+
+
+def test_cancel_with_redis_down_cancels_the_row_and_no_worker_runs_the_job(
+    admin_client: Client, redis: Any
+) -> None:
+    handle, kept = note.delay("runs", "canceled"), note.delay("runs", "kept")
+    finished = make_rows(1, prefix="over", status="finished")
+    with redis_away():
+        _, after = run_action(admin_client, "cancel_jobs", [handle.id, *finished])
+    assert page_messages(after) == [
+        f"1 job canceled; skipped: 1 because they were finished. {redis_later('canceled')}"
+    ]
+    assert JobRecord.objects.get(pk=handle.id).status == "canceled"
+    # Redis is back, and still holds the job: a worker takes it, and skips it.
+    assert get_queue().get_job_ids() == [handle.id, kept.id]
+    run_burst(["default"])
+    assert redis.lrange("runs", 0, -1) == [b"kept"]
+    record = JobRecord.objects.get(pk=handle.id)
+    assert (record.status, record.attempts, record.started_at) == ("canceled", 0, None)
+    assert JobRecord.objects.get(pk=kept.id).status == "finished"
+    # Out of its queue and registries, canceled in RQ: as a cancel with Redis up leaves it.
+    queue = get_queue()
+    assert queue.get_job_ids() == [] and queue.started_job_registry.get_job_ids() == []
+    assert queue.canceled_job_registry.get_job_ids() == [handle.id]
+    assert PendingRemoval.objects.get(pk=handle.id).removed_at is not None
+
+
+def test_delete_with_redis_down_deletes_the_row_and_no_worker_runs_the_job(
+    admin_client: Client, redis: Any
+) -> None:
+    handle, kept = note.delay("runs", "deleted"), note.delay("runs", "kept")
+    # Enqueued with plain RQ: no row of ours, and it runs as ever (it gets one when it starts).
+    plain = get_queue().enqueue("tests.testapp.jobs.note", "runs", "plain")
+    with redis_away():
+        _, after = run_action(admin_client, "delete_jobs", [handle.id])
+    assert page_messages(after) == [f"1 job deleted. {redis_later('deleted')}"]
+    assert not JobRecord.objects.filter(pk=handle.id).exists()
+    assert in_redis(handle.id)
+    run_burst(["default"])
+    assert redis.lrange("runs", 0, -1) == [b"kept", b"plain"]
+    assert not JobRecord.objects.filter(pk=handle.id).exists()  # the worker did not bring it back
+    assert JobRecord.objects.get(pk=plain.id).status == "finished"
+    assert JobRecord.objects.get(pk=kept.id).status == "finished"
+    assert not in_redis(handle.id)
+    assert get_queue().get_job_ids() == [] and get_queue().started_job_registry.get_job_ids() == []
+
+
+def test_deleting_a_job_from_its_page_with_redis_down(admin_client: Client, redis: Any) -> None:
+    handle = note.delay("runs", "deleted")
+    with redis_away():
+        response = admin_client.post(f"{CHANGELIST}{handle.id}/delete/", {"post": "yes"}, follow=True)
+    messages = page_messages(page(response))
+    assert redis_later("deleted") in messages
+    assert any("was deleted successfully" in message for message in messages)
+    assert not JobRecord.objects.filter(pk=handle.id).exists()
+    run_burst(["default"])
+    assert redis.lrange("runs", 0, -1) == []
+    assert not JobRecord.objects.filter(pk=handle.id).exists()
+    assert not in_redis(handle.id)
+
+
+def test_requeue_after_a_cancel_with_redis_down_runs_the_job_once(admin_client: Client, redis: Any) -> None:
+    handle = note.delay("runs", "again")
+    with redis_away():
+        run_action(admin_client, "cancel_jobs", [handle.id])
+    _, after = run_action(admin_client, "requeue_jobs", [handle.id])
+    assert page_messages(after) == ["1 job requeued."]
+    # The job Redis kept from before the cancel went first: the queue holds it once.
+    assert get_queue().get_job_ids() == [handle.id]
+    assert not PendingRemoval.objects.filter(pk=handle.id).exists()
+    run_burst(["default"])
+    assert redis.lrange("runs", 0, -1) == [b"again"]
+    assert JobRecord.objects.get(pk=handle.id).status == "finished"
 
 
 # -- dashboard -------------------------------------------------------------------------------

@@ -16,11 +16,12 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rq.job import Job
 
-from django_jobs import get_queue, recovery
+from django_jobs import actions, get_queue, recovery
 from django_jobs.claims import CLAIMS_KEY, claimed_key
 from django_jobs.models import JobRecord
 from django_jobs.queues import get_queues, resolve_serializer
 from django_jobs.worker import BatchWorker
+from tests.ports import redis_away
 from tests.processes import start_manage, wait_for
 from tests.testapp.jobs import (
     add,
@@ -150,6 +151,34 @@ def test_a_job_canceled_while_taken_ahead_does_not_run(redis: Any) -> None:
     queue = get_queue("default")
     assert queue.started_job_registry.count == 0
     assert JobRecord.objects.get(pk=after.id).status == "finished"
+
+
+def test_jobs_canceled_or_deleted_while_redis_was_down_do_not_run(redis: Any) -> None:
+    first, canceled = note.delay("batch:away", "first"), note.delay("batch:away", "canceled")
+    middle, deleted = note.delay("batch:away", "middle"), note.delay("batch:away", "deleted")
+    plain = get_queue("default").enqueue("tests.testapp.jobs.note", "batch:away", "plain")
+    with redis_away():
+        assert canceled.cancel() is True
+        assert actions.delete(JobRecord.objects.filter(pk=deleted.id)).done == 1
+
+    worker = batch_worker(batch_size=10)
+    worker.work(burst=True, logging_level="WARNING")
+
+    # Each refused start came with the end of the job before it, in one write.
+    assert strings(redis.lrange("batch:away", 0, -1)) == ["first", "middle", "plain"]
+    row = JobRecord.objects.get(pk=canceled.id)
+    assert (row.status, row.attempts, row.started_at) == ("canceled", 0, None)
+    assert not JobRecord.objects.filter(pk=deleted.id).exists()
+    assert [JobRecord.objects.get(pk=job_id).status for job_id in (first.id, middle.id, plain.id)] == [
+        "finished"
+    ] * 3
+    queue = get_queue("default")
+    assert queue.count == 0 and queue.started_job_registry.count == 0
+    assert (
+        Job.fetch(canceled.id, connection=redis, serializer=resolve_serializer()).get_status() == "canceled"
+    )
+    assert not Job.exists(deleted.id, connection=redis)
+    assert not redis.exists(claimed_key(worker.name))
 
 
 def test_a_slow_job_gives_back_what_was_taken_ahead(redis: Any, caplog: Any) -> None:

@@ -15,7 +15,7 @@ from rq.job import Job
 
 from django_jobs import JobHandle, UnknownQueueError, get_queue
 from django_jobs.models import JobRecord
-from tests.ports import closed_port
+from tests.ports import closed_port, redis_away
 from tests.testapp.jobs import add, echo, explode
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -216,6 +216,15 @@ def test_cancel_before_commit_means_it_is_never_pushed() -> None:
         handle = add.delay(1, 1)
         assert handle.cancel() is True
     assert queued_ids() == []
+    assert JobRecord.objects.get(pk=handle.id).status == "canceled"
+
+
+def test_cancel_before_commit_with_redis_down_means_it_is_never_pushed() -> None:
+    with transaction.atomic():
+        handle = add.delay(1, 1)
+        with redis_away():
+            assert handle.cancel() is True
+    assert queued_ids() == []  # Redis is back for the commit: the push was dropped all the same
     assert JobRecord.objects.get(pk=handle.id).status == "canceled"
 
 

@@ -8,17 +8,21 @@ import signal
 import subprocess
 import time
 from datetime import timedelta
+from io import StringIO
 from pathlib import Path
 from typing import Any
 
 import pytest
+from django.core.management import call_command
 from django.test.utils import override_settings
 from django.utils import timezone
 
-from django_jobs import get_queue, outcomes, recovery, spool
-from django_jobs.models import JobRecord
-from django_jobs.testing import RedisServer
+from django_jobs import actions, get_queue, outcomes, recovery, removals, spool
+from django_jobs.models import JobRecord, PendingRemoval
+from django_jobs.scheduler import Scheduler
+from django_jobs.testing import RedisServer, run_burst
 from tests.faultkit import database_outage_for_worker, start
+from tests.ports import redis_away
 from tests.processes import read_pid, stop, terminate, wait_for
 from tests.testapp.jobs import add, hangs, hangs_first_time, sleep_for
 
@@ -212,6 +216,67 @@ def test_rqreconcile_repairs_on_demand(manage: Any, redis: Any) -> None:
     again = manage("rqreconcile")
     assert "Pushed 0 job(s) again" in again.stdout  # nothing is pushed twice
     assert manage("rqreconcile", "--grace", "-1").returncode != 0
+
+
+# --- jobs canceled or deleted while Redis was away --------------------------------------------------
+
+
+def test_the_scheduler_loop_takes_canceled_and_deleted_jobs_out_of_redis_once_it_is_back(redis: Any) -> None:
+    canceled, deleted, requeued = add.delay(1, 1), add.delay(2, 2), add.delay(3, 3)
+    with redis_away():
+        assert canceled.cancel() is True and requeued.cancel() is True
+        assert actions.delete(JobRecord.objects.filter(pk=deleted.id)).done == 1
+        # Run again at once: it waits for its push until its old job has left Redis.
+        assert actions.requeue(JobRecord.objects.filter(pk=requeued.id)).done == 1
+        assert Scheduler(interval=1).tick()["pushed"] == 0  # still away: nothing done, nothing lost
+    assert JobRecord.objects.get(pk=requeued.id).needs_push
+    queue = get_queue()
+    assert queue.get_job_ids() == [canceled.id, deleted.id, requeued.id]  # back, with all three
+
+    out = StringIO()
+    call_command("rqreconcile", "--dry-run", stdout=out)
+    assert "Would take 3 job(s) out of Redis" in out.getvalue()
+    assert queue.count == 3
+
+    Scheduler(interval=1).tick()
+    assert queue.get_job_ids() == [requeued.id]  # pushed afresh: once
+    assert queue.fetch_job(canceled.id).get_status() == "canceled"  # as a cancel with Redis up
+    assert queue.fetch_job(deleted.id) is None
+    assert not JobRecord.objects.get(pk=requeued.id).needs_push
+    # Kept a while for a worker that took a job just before; then gone.
+    assert set(PendingRemoval.objects.values_list("pk", flat=True)) == {canceled.id, deleted.id}
+    assert removals.sweep() == []
+    assert removals.sweep(timezone.now() + removals.GRACE + timedelta(seconds=1)) == []
+    assert not PendingRemoval.objects.exists()
+
+    assert run_burst(["default"])
+    assert [status(handle.id) for handle in (canceled, requeued)] == ["canceled", "finished"]
+    assert JobRecord.objects.get(pk=requeued.id).attempts == 1
+    assert not JobRecord.objects.filter(pk=deleted.id).exists()
+
+
+def test_the_sweep_takes_every_job_out_a_batch_at_a_time(redis: Any, monkeypatch: Any) -> None:
+    monkeypatch.setattr(removals, "BATCH", 2)
+    handles = [add.delay(n, n) for n in range(5)]
+    with redis_away():
+        assert actions.cancel(JobRecord.objects.all()).done == 5
+    assert get_queue().count == 5
+    assert sorted(removals.sweep()) == sorted(handle.id for handle in handles)
+    assert get_queue().count == 0
+    assert removals.sweep() == []  # done: the entries wait out their grace
+
+
+def test_a_row_canceled_while_its_push_waits_is_never_pushed(redis: Any) -> None:
+    with redis_away():
+        handle = add.delay(1, 1)  # Redis is away: the row waits for its push
+        assert JobRecord.objects.get(pk=handle.id).needs_push
+        assert handle.cancel() is True
+    _backdate(handle.id)
+    assert recovery.push_pending() == [] and recovery.reconcile() == []
+    assert removals.sweep() == [handle.id]  # there was nothing of it in Redis
+    assert get_queue().count == 0
+    record = JobRecord.objects.get(pk=handle.id)
+    assert (record.status, record.needs_push) == ("canceled", False)
 
 
 # --- the database going away ----------------------------------------------------------------------

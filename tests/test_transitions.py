@@ -11,8 +11,8 @@ import pytest
 from django.db.models import Q
 from django.utils import timezone
 
-from django_jobs import actions, records
-from django_jobs.models import JobRecord
+from django_jobs import actions, get_queue, records
+from django_jobs.models import JobRecord, PendingRemoval
 from django_jobs.status import (
     ACTIVE_STATUSES,
     FINAL_STATUSES,
@@ -108,7 +108,8 @@ def test_the_admin_actions_take_their_statuses_from_the_table() -> None:
 
 
 def test_the_where_clause_comes_from_the_table() -> None:
-    assert status_filter("start") == {}  # any status may start
+    assert status_filter("finish") == {}  # any status may finish
+    assert status_filter("start") == {"status__in": [s for s in JobStatus if s != JobStatus.CANCELED]}
     assert status_filter("cancel") == {"status__in": ["scheduled", "queued", "deferred"]}
     assert status_sql("finish", "status") == ""
     assert status_sql("promote", '"status"') == " AND \"status\" IN ('scheduled')"
@@ -127,3 +128,31 @@ def test_requeue_and_cancel_say_which_rows_they_changed() -> None:
     assert records.mark_requeued([failed]) == set()  # requeued already
     assert records.mark_canceled_many([failed, started]) == 1  # the requeued one, now queued
     assert JobRecord.objects.get(pk=started).status == JobStatus.STARTED
+
+
+def test_a_start_is_refused_for_a_canceled_row_and_for_a_row_deleted_while_redis_was_away() -> None:
+    # What a worker that takes each job finds: False means that it must skip the job.
+    def rq_job(job_id: str) -> Any:
+        return get_queue().create_job("tests.testapp.jobs.add", args=(1, 2), job_id=job_id)
+
+    canceled = new_row(JobStatus.CANCELED)
+    assert records.mark_started(rq_job(canceled), "w-walk") is False
+    assert JobRecord.objects.filter(pk=canceled, status="canceled", attempts=0).exists()
+    # Deleted while Redis was away: no row, and an entry that says so.
+    PendingRemoval.objects.create(job_id="walk-deleted", queue="default")
+    assert records.mark_started(rq_job("walk-deleted"), "w-walk") is False
+    assert not JobRecord.objects.filter(pk="walk-deleted").exists()
+    # Enqueued with plain RQ: no row, no entry; it runs and gets its row.
+    assert records.mark_started(rq_job("walk-plain"), "w-walk") is True
+    assert JobRecord.objects.get(pk="walk-plain").status == JobStatus.STARTED
+    # A row that waits again after its cancel (requeued) starts, entry or not.
+    PendingRemoval.objects.create(job_id=canceled, queue="default")
+    records.mark_requeued([canceled])
+    assert records.mark_started(rq_job(canceled), "w-walk") is True
+    # A start written back after a database outage leaves a canceled or deleted row so.
+    late = new_row(JobStatus.QUEUED)
+    records.mark_canceled_many([late])
+    records.mark_started_late(late, "w-walk", timezone.now())
+    records.mark_started_late("walk-deleted", "w-walk", timezone.now())
+    assert JobRecord.objects.get(pk=late).status == JobStatus.CANCELED
+    assert not JobRecord.objects.filter(pk="walk-deleted").exists()

@@ -8,12 +8,13 @@ from typing import Any
 import pytest
 from django.db import connection
 
-from django_jobs import JobFailed, JobWaitTimeout, get_queue
-from django_jobs.models import JobRecord
+from django_jobs import JobFailed, JobWaitTimeout, actions, get_queue
+from django_jobs.models import JobRecord, PendingRemoval
 from django_jobs.push import push
 from django_jobs.records import create
 from django_jobs.spec import JobSpec
 from django_jobs.testing import run_burst
+from tests.ports import redis_away
 from tests.processes import start_manage, stop, wait_for
 from tests.testapp.jobs import (
     add,
@@ -22,6 +23,7 @@ from tests.testapp.jobs import (
     explode,
     fault_poison,
     flaky,
+    note,
     pid,
     returns_object,
     sleep_for,
@@ -201,6 +203,44 @@ def test_cancel_a_queued_job(manage: Any) -> None:
     assert record.status == "canceled"
     assert record.attempts == 0
     assert handle.cancel() is False  # already final
+
+
+def test_cancel_with_redis_down_returns_and_the_job_never_runs(redis: Any) -> None:
+    handle, kept = note.delay("runs", "canceled"), note.delay("runs", "kept")
+    with redis_away():
+        assert handle.cancel() is True
+        assert handle.status == "canceled"
+        assert handle.cancel() is False  # already final
+    assert get_queue().get_job_ids() == [handle.id, kept.id]  # Redis is back, with the job
+    assert run_burst(["default"])
+    assert redis.lrange("runs", 0, -1) == [b"kept"]
+    record = JobRecord.objects.get(pk=handle.id)
+    assert (record.status, record.attempts, record.started_at) == ("canceled", 0, None)
+    assert get_queue().get_job_ids() == [] and get_queue().started_job_registry.get_job_ids() == []
+    assert get_queue().fetch_job(handle.id).get_status() == "canceled"
+
+
+@pytest.mark.slow
+def test_a_forking_worker_skips_jobs_canceled_or_deleted_while_redis_was_down(
+    manage: Any, redis: Any
+) -> None:
+    canceled, kept = note.delay("runs", "canceled"), note.delay("runs", "kept")
+    deleted = note.delay("runs", "deleted")
+    plain = get_queue().enqueue("tests.testapp.jobs.note", "runs", "plain")  # no row of ours
+    with redis_away():
+        assert canceled.cancel() is True
+        assert actions.delete(JobRecord.objects.filter(pk=deleted.id)).done == 1
+    assert set(PendingRemoval.objects.values_list("pk", flat=True)) == {canceled.id, deleted.id}
+    assert manage("rqworker", "--burst").returncode == 0
+    assert redis.lrange("runs", 0, -1) == [b"kept", b"plain"]
+    record = JobRecord.objects.get(pk=canceled.id)
+    assert (record.status, record.attempts, record.started_at) == ("canceled", 0, None)
+    assert not JobRecord.objects.filter(pk=deleted.id).exists()
+    assert [JobRecord.objects.get(pk=job_id).status for job_id in (kept.id, plain.id)] == ["finished"] * 2
+    queue = get_queue()
+    assert queue.get_job_ids() == [] and queue.started_job_registry.get_job_ids() == []
+    assert queue.fetch_job(canceled.id).get_status() == "canceled"
+    assert queue.fetch_job(deleted.id) is None
 
 
 @pytest.mark.slow

@@ -263,7 +263,9 @@ class JobRecordAdmin(ModelAdmin):
 
     def delete_model(self, request: HttpRequest, obj: JobRecord) -> None:
         # The job page's Delete button: the same as the action (its RQ job goes too).
-        actions.delete(JobRecord.objects.filter(pk=obj.pk))
+        outcome = actions.delete(JobRecord.objects.filter(pk=obj.pk))
+        if outcome.redis_later:  # Django's own message says the row was deleted
+            self.message_user(request, outcome.redis_note(), messages.WARNING)
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[JobRecord]) -> None:
         actions.delete(queryset)

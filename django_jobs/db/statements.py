@@ -191,8 +191,8 @@ def psycopg3() -> bool:
 
 _COLUMNS = ("id", "status", "started_at", "ended_at", "worker_name", "attempts", "result", "error")
 
-# The start may overwrite any status (see status.TRANSITIONS["start"]); a late write of a start
-# (kept while the database was away) must not undo the end of the attempt it belongs to.
+# The start may overwrite any status but canceled (see status.TRANSITIONS["start"]); a late write
+# of a start (kept while the database was away) must not undo the end of the attempt it belongs to.
 _START = (
     "UPDATE {table} SET {status} = %s, {started_at} = %s, {ended_at} = NULL, {worker_name} = %s,"
     " {attempts} = {attempts} + 1 WHERE {id} = %s AND ({ended_at} IS NULL OR {ended_at} <= %s)"

@@ -26,7 +26,8 @@ list instead of in their queue, where other workers cannot take them.
 - If the worker dies, the scheduler loop (``recovery.OrphanWatch``) gives
   its list back once its heartbeat key has been gone ``ORPHAN_GRACE``
   seconds.
-- A job canceled or deleted while it waits in the list is skipped.
+- A job canceled or deleted while it waits in the list is skipped; so is one whose
+  row refuses its start (canceled or deleted while Redis was away), as by every worker.
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ class BatchWorker(SimpleWorker):
         self._after_pipe: list[Callable[[list[Any]], None]] = []
         self._rows: list[Row] = []
         self._starting: Job | None = None  # the job whose start is in self._rows
+        self._refused: str | None = None  # the job whose row refused its start
 
     # -- taking jobs
 
@@ -188,10 +190,16 @@ class BatchWorker(SimpleWorker):
         # The only pair there is: one job's end, then the next job's start (see _start()).
         if self._starting is not None and [row[0] for row in rows] == [outcomes.FINISHED, outcomes.STARTED]:
             (_, ended, ended_fields), (_, starting, starting_fields) = rows
-            outcomes.record_end_and_start(self.connection, ended, ended_fields, starting, starting_fields)
+            written = outcomes.record_end_and_start(
+                self.connection, ended, ended_fields, starting, starting_fields
+            )
+            if outcomes.refused(written):
+                self._refused = starting.id
             return
         for step, row_job, fields in rows:
-            outcomes.record(self.connection, step, row_job.id, fields, row_job)
+            written = outcomes.record(self.connection, step, row_job.id, fields, row_job)
+            if step == outcomes.STARTED and outcomes.refused(written):
+                self._refused = row_job.id
 
     def prepare_execution(self, job: Job) -> Execution:
         # RQ's, into the shared pipeline: sent with the start (see _start()).
@@ -235,6 +243,7 @@ class BatchWorker(SimpleWorker):
                 self._rows.remove(start)
 
         self._after_pipe.append(check_status)
+        self._refused = None
         try:
             self.flush()
         finally:
@@ -243,6 +252,9 @@ class BatchWorker(SimpleWorker):
                 self._claimed_ids.discard(job.id)
         if skipped:
             self._undo_start(job, execution, skipped[0])
+            return False
+        if self._refused == job.id:
+            self._skip(job, execution)
             return False
         self._start_sent = job.id  # prepare_job_execution() skips RQ's start and the row's
         return True

@@ -44,6 +44,9 @@ from .upkeep import JOB_MONITORING_INTERVAL
 
 logger = logging.getLogger("django_jobs.worker")
 
+#: The worker's word to a work-horse at the gate: run the job, or exit without running it.
+_GO, _NO_GO = b"+", b"-"
+
 
 class _Spare:
     """A work-horse forked ahead of its job, waiting for it on a pipe."""
@@ -93,6 +96,14 @@ class Worker(RecordingWorkerMixin, RQWorker):
     prefork = True
     _spare: _Spare | None = None
     _outbox: IO[bytes] | None = None
+    #: In the worker: the pipe of the work-horse that waits for its word (``_open_gate``), and
+    #: the word it was given.
+    _gate_fd: int | None = None
+    _told: bool | None = None
+    #: In a work-horse: the pipe it reads the worker's word from, before its job runs.
+    _gate: IO[bytes] | None = None
+    #: The job skipped without a work-horse: monitor_work_horse() has none to wait for.
+    _skipped: str | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # Heartbeats every 10 s (RQ: 30 s) while a job runs, so that a dead worker is noticed
@@ -133,29 +144,33 @@ class Worker(RecordingWorkerMixin, RQWorker):
         # the job's code can run (a worker killed a moment later leaves a row that counts the
         # attempt), the end from what the work-horse hands back in a file. The work-horse then
         # needs no database connection of its own, unless the job itself uses the database.
-        # On PostgreSQL the start is sent, and its answer read once the job has its process:
-        # the statement commits even if the worker dies in between.
-        self._start_sent = job.id
+        # On PostgreSQL the start is sent, and its answer read once the spare has the job: the
+        # statement commits even if the worker dies in between, and the spare waits for the
+        # worker's word (the gate) before the job's first line. A row that refuses the start
+        # (canceled, or deleted while Redis was away) means the job is skipped, never run.
+        self._start_sent, self._told = job.id, None
         at = timezone.now()
         sent = None if outcomes.is_spooled(job.id) else records.send_start(job, self.name, at)
-        if sent is None:
-            self._write_start(job, at)
+        if sent is None and not self._write_start(job, at):
+            self._skip_unhanded(job)
+            return
         spare, self._spare = self._spare, None
-        if spare is not None and self._hand_over(spare, job, queue):
+        if spare is not None and self._hand_over(spare, job, queue, gated=sent is not None):
             self._outbox = spare.outbox
         else:
+            if sent is not None:  # no spare to hold the job back: the answer first
+                runs = self._finish_start(sent, job, at)
+                sent = None
+                if not runs:
+                    self._skip_unhanded(job)
+                    return
             self._outbox = tempfile.TemporaryFile()  # noqa: SIM115 (closed in _apply_outbox)
             super().fork_work_horse(job, queue)
             _own_process_group(self._horse_pid)
         if self._stopped_job_id == job.id:
             self.kill_horse()  # stopped before its process had it (see kill_horse())
-        if sent is not None:
-            try:
-                sent.finish()
-            except (DatabaseError, InterfaceError) as exc:
-                logger.warning("The start of job %s was not written (%s); writing it again", job.id, exc)
-                reset_database_connections()
-                self._write_start(job, at)
+        if sent is not None and not self._finish_start(sent, job, at):
+            self._skip(job, self.execution)  # the work-horse exits without running it
         if self.prefork:
             self._fork_spare(job, queue)  # the next job's process, forked while this job runs
             self._rehearse_pickup(job, queue)
@@ -182,8 +197,54 @@ class Worker(RecordingWorkerMixin, RQWorker):
         except Exception:  # a rehearsal only: the real pickup reports its own errors
             logger.debug("Could not rehearse the pickup of job %s", job.id, exc_info=True)
 
-    def _write_start(self, job: Job, at: datetime) -> None:
-        outcomes.record(self.connection, outcomes.STARTED, job.id, {"worker_name": self.name, "at": at}, job)
+    def _finish_start(self, sent: records.SentStart, job: Job, at: datetime) -> bool:
+        """Read the sent start's answer and tell the work-horse at the gate, if one waits, whether
+        to run the job; return that (False: the row refused the start). A job without a row is
+        let run before its row is written."""
+        try:
+            runs = sent.finish(ruled=self._open_gate)
+        except (DatabaseError, InterfaceError) as exc:
+            logger.warning("The start of job %s was not written (%s); writing it again", job.id, exc)
+            reset_database_connections()
+            runs = self._write_start(job, at)
+        return self._open_gate(runs)
+
+    def _open_gate(self, runs: bool) -> bool:
+        """Tell the work-horse at the gate whether to run its job; return what it was told (the
+        first word stands), or ``runs`` where none waits."""
+        fd, self._gate_fd = self._gate_fd, None
+        if fd is not None:
+            self._told = runs
+            with contextlib.suppress(OSError):  # it is gone already (a stop request killed it)
+                _write_all(fd, _GO if runs else _NO_GO)
+            os.close(fd)
+        return runs if self._told is None else self._told
+
+    def _skip_unhanded(self, job: Job) -> None:
+        """Skip a job that no work-horse has (see ``_skip``); monitor_work_horse() then waits for none."""
+        self._skip(job, self.execution)
+        self._skipped = job.id
+
+    def monitor_work_horse(self, job: Job, queue: Queue, execution: Execution) -> None:
+        if self._skipped == job.id:
+            self._skipped = self._start_sent = None
+            self.executions.pop(execution.id, None)
+            return
+        try:
+            super().monitor_work_horse(job, queue, execution)
+        finally:
+            # Outside RQ's watch over the work-horse: its alarm must not cut the writes short.
+            self._apply_outbox()
+
+    def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
+        gate, self._gate = self._gate, None
+        if gate is not None:
+            # In the work-horse, before the job's first line: the worker's word on the start.
+            with gate:
+                word = gate.read(1)
+            if word != _GO:
+                os._exit(0)  # its row refused the start, or the worker is gone: not run
+        super().prepare_job_execution(job, remove_from_intermediate_queue)
 
     def kill_horse(self, sig: signal.Signals = signal.SIGKILL) -> None:
         # A stop request can come between the execution's start and the fork (or hand-over):
@@ -192,10 +253,13 @@ class Worker(RecordingWorkerMixin, RQWorker):
         if self.horse_pid > 0:
             super().kill_horse(sig)
 
-    def _hand_over(self, spare: _Spare, job: Job, queue: Queue) -> bool:
-        """Give ``job`` to the spare; False if the spare is gone (then the caller forks)."""
+    def _hand_over(self, spare: _Spare, job: Job, queue: Queue, *, gated: bool = False) -> bool:
+        """Give ``job`` to the spare; False if the spare is gone (then the caller forks).
+
+        ``gated``: the spare waits for the worker's word before it runs the job (``_open_gate``).
+        """
         try:
-            order = _order(job, queue, self.execution)
+            order = _order(job, queue, self.execution, gated=gated)
         except Exception:
             logger.exception("Could not write down job %s for the spare work-horse; forking one", job.id)
             spare.close(wait=0)
@@ -210,7 +274,10 @@ class Worker(RecordingWorkerMixin, RQWorker):
             )
             spare.close(wait=0)
             return False
-        os.close(spare.order_fd)
+        if gated:
+            self._gate_fd = spare.order_fd
+        else:
+            os.close(spare.order_fd)
         os.environ["RQ_WORKER_ID"], os.environ["RQ_JOB_ID"] = self.name, job.id
         self._horse_pid = spare.pid
         self.procline(f"Handed job {job.id} to {spare.pid} at {time.time()}")
@@ -248,12 +315,16 @@ class Worker(RecordingWorkerMixin, RQWorker):
         if sample is not None:
             with contextlib.suppress(Exception):
                 self._warm_up(sample, sample_queue)
-        with os.fdopen(order_fd, "rb") as orders:
-            head = orders.read(4)
-            payload = orders.read(struct.unpack("!I", head)[0]) if len(head) == 4 else b""
+        orders = os.fdopen(order_fd, "rb")
+        head = orders.read(4)
+        payload = orders.read(struct.unpack("!I", head)[0]) if len(head) == 4 else b""
         if not payload:
             os._exit(0)  # the worker is done with it (or gone)
         order, job = self._read_order(payload)
+        if order.get("gated"):
+            self._gate = orders  # read in prepare_job_execution()
+        else:
+            orders.close()
         queue = self._take_order(order, job)
         self._outbox = outbox
         self.main_work_horse(job, queue)
@@ -320,13 +391,6 @@ class Worker(RecordingWorkerMixin, RQWorker):
                 flush_background_work()
                 connections.close_all()
 
-    def monitor_work_horse(self, job: Job, queue: Queue, execution: Execution) -> None:
-        try:
-            super().monitor_work_horse(job, queue, execution)
-        finally:
-            # Outside RQ's watch over the work-horse: its alarm must not cut the writes short.
-            self._apply_outbox()
-
     def teardown(self) -> None:
         spare, self._spare = self._spare, None
         if spare is not None and not self.is_horse:
@@ -344,12 +408,13 @@ class Worker(RecordingWorkerMixin, RQWorker):
         outcomes.apply_lines(self.connection, lines)
 
 
-def _order(job: Job, queue: Queue | None, execution: Execution | None) -> bytes:
+def _order(job: Job, queue: Queue | None, execution: Execution | None, *, gated: bool = False) -> bytes:
     """The hand-over of ``job`` to a spare, framed for its pipe: a length, then the pickle.
 
     It carries the worker's copy of the job in the form RQ's own save writes to Redis, so that
     the work-horse need not fetch the job again (RQ's own forking worker hands its child the
-    same copy, through fork).
+    same copy, through fork). ``gated``: one byte follows on the pipe later, :data:`_GO` or
+    :data:`_NO_GO`, and the job runs only after a ``_GO``.
     """
     order = {
         "job": job.id,
@@ -357,6 +422,7 @@ def _order(job: Job, queue: Queue | None, execution: Execution | None) -> bytes:
         "execution": execution.id if execution is not None else None,
         "created_at": execution.created_at.timestamp() if execution is not None else None,
         "hash": _stored_form(job),
+        "gated": gated,
     }
     payload = pickle.dumps(order, protocol=pickle.HIGHEST_PROTOCOL)
     return struct.pack("!I", len(payload)) + payload

@@ -7,6 +7,10 @@ failed (the full traceback; the retry policy on the row decides what comes
 next), or put back by RQ (the job returned ``rq.Retry``). In a forking worker's
 work-horse the steps go to a file its worker writes from instead (``_outbox_fd``).
 Rate and concurrency limits are checked before a job runs (``django_jobs.limits``).
+
+The start is written before the job's code runs, and a row that refuses it (canceled,
+or deleted while Redis was away: see :mod:`django_jobs.removals`) makes the worker
+skip the job (:meth:`RecordingWorkerMixin._skip`): it is not run, and leaves Redis.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from rq.serializers import JSONSerializer
 from rq.timeouts import JobTimeoutException
 from rq.utils import now as rq_now
 
-from .. import limits, outcomes, records, retries
+from .. import limits, outcomes, records, removals, retries
 from ..db.connections import reset_database_connections
 from ..jobclass import JobsJob
 from ..payload import storable_text, to_jsonable
@@ -117,12 +121,41 @@ class RecordingWorkerMixin(UpkeepMixin):
         except (RedisError, OSError):
             logger.warning("Could not renew the concurrency slot of job %s; trying again", job.id)
 
-    def _record(self, step: str, job: Job, **fields: Any) -> None:
-        """Write one step of a job to its row; in a work-horse, hand it to the worker instead."""
+    def _record(self, step: str, job: Job, **fields: Any) -> Any:
+        """Write one step of a job to its row (return what the write returned); in a work-horse,
+        hand it to the worker instead."""
         if self._outbox_fd is not None:
             os.write(self._outbox_fd, (outcomes.encode(step, job.id, fields) + "\n").encode())
-            return
-        outcomes.record(self.connection, step, job.id, fields, job)
+            return None
+        return outcomes.record(self.connection, step, job.id, fields, job)
+
+    def _write_start(self, job: Job, at: Any = None) -> bool:
+        """Write the job's start to its row; False if the row refuses it (the job must not run)."""
+        written = self._record(outcomes.STARTED, job, worker_name=self.name, at=at or timezone.now())
+        return not outcomes.refused(written)
+
+    def _skip(self, job: Job, execution: Execution | None) -> None:
+        """Leave unrun a job whose row refused its start (canceled, or deleted while Redis was
+        away): undo RQ's start of it, and take it out of Redis."""
+        logger.info("Job %s was canceled or deleted: skipped, not run", job.id)
+        try:
+            with self.connection.pipeline() as pipeline:
+                self.cleanup_execution(job, pipeline=pipeline, execution=execution)
+                pipeline.execute()
+            removals.skipped(job)
+        except Exception:  # never lose the worker over it: the scheduler loop takes it out later
+            logger.warning("Could not take skipped job %s out of Redis", job.id, exc_info=True)
+
+    def perform_job(self, job: Job, queue: Queue, execution: Execution) -> bool:
+        if self._start_sent != job.id:
+            # RQ's start in Redis, then the row's (a row that says "started" can be stopped),
+            # before the job's code: a row that refuses the start means the job is skipped.
+            super().prepare_job_execution(job, len(self.queues) == 1)
+            if not self._write_start(job):
+                self._skip(job, execution)
+                return False
+            self._start_sent = job.id  # prepare_job_execution() has nothing more to do
+        return bool(super().perform_job(job, queue, execution))
 
     def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
         if self._start_sent == job.id:
@@ -130,9 +163,7 @@ class RecordingWorkerMixin(UpkeepMixin):
             self.procline(f"Processing {job.func_name} from {job.origin} since {time.time()}")
             return
         super().prepare_job_execution(job, remove_from_intermediate_queue)
-        # After RQ marked it started in Redis: a row that says "started" can be stopped.
-        at = timezone.now()
-        self._record(outcomes.STARTED, job, worker_name=self.name, at=at)
+        self._write_start(job)
 
     def handle_job_success(
         self, job: Job, queue: Queue, started_job_registry: Any, execution: Execution

@@ -9,7 +9,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 from redis.exceptions import RedisError
 
-from django_jobs import outcomes, recovery
+from django_jobs import outcomes, recovery, removals
 from django_jobs.conf import conf
 from django_jobs.management import flags
 from django_jobs.queues import get_connection
@@ -17,8 +17,9 @@ from django_jobs.queues import get_connection
 
 class Command(BaseCommand):
     help = (
-        "Repair Redis from the database: write back outcomes kept during a database outage, push "
-        "jobs whose push failed or that Redis lost, and end or retry the jobs of dead workers."
+        "Repair Redis from the database: write back outcomes kept during a database outage, take "
+        "out of Redis the jobs of rows canceled or deleted while it was away, push jobs whose push "
+        "failed or that Redis lost, and end or retry the jobs of dead workers."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -47,6 +48,11 @@ class Command(BaseCommand):
                 )
             else:
                 self.stdout.write(f"Wrote {outcomes.replay_spool(connection)} outcome(s) kept in Redis.")
+            removed = removals.sweep(dry_run=dry_run)
+            self.stdout.write(
+                f"{'Would take' if dry_run else 'Took'} {len(removed)} job(s) out of Redis whose rows "
+                "were canceled or deleted while it was away."
+            )
             pushed = recovery.push_pending(dry_run=dry_run) + recovery.reconcile(dry_run=dry_run)
             self.stdout.write(f"{'Would push' if dry_run else 'Pushed'} {len(pushed)} job(s) again.")
             watch = recovery.OrphanWatch(grace=grace)
