@@ -199,7 +199,8 @@ def cancel(queryset: QuerySet[JobRecord]) -> ActionResult:
 
 
 def stop(queryset: QuerySet[JobRecord]) -> ActionResult:
-    """Ask the workers running these jobs to stop them (they end ``stopped``)."""
+    """Ask the workers running these jobs to stop them (they end ``stopped``). With Redis away
+    the request cannot be sent: those jobs are reported as skipped, and go on running."""
     outcome = ActionResult("asked to stop")
     for batch in _batches(queryset):
         for row in _split(batch, STOPPABLE, outcome):
@@ -207,6 +208,10 @@ def stop(queryset: QuerySet[JobRecord]) -> ActionResult:
                 send_stop_job_command(get_queue(row["queue"]).connection, row["pk"])
             except (InvalidJobOperation, NoSuchJobError):
                 outcome.skipped["because no worker was running them"] += 1
+                continue
+            except (RedisError, OSError):
+                # A stop is a message to the worker, through Redis: nothing to keep for later.
+                outcome.skipped["because Redis could not be reached (try again once it is back)"] += 1
                 continue
             outcome.done += 1
     return outcome

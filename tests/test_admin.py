@@ -1008,3 +1008,13 @@ def test_global_redact_setting_masks_more_names(admin_client: Client, manage: An
     assert "tests.testapp.jobs.charge(5, ••••, cvv=••••)" in output
     assert CARD not in output and "'123'" not in output
     assert JobRecord.objects.get(pk=handle.id).kwargs == {"cvv": "123"}
+
+
+def test_stop_with_redis_down_says_so_instead_of_failing(admin_client: Client) -> None:
+    running = make_rows(1, prefix="running", status="started")
+    with redis_away():
+        _, after = run_action(admin_client, "stop_jobs", running)  # a 500 would raise here
+    assert page_messages(after) == [
+        "0 jobs asked to stop; skipped: 1 because Redis could not be reached (try again once it is back)."
+    ]
+    assert JobRecord.objects.get(pk=running[0]).status == "started"
