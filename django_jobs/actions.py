@@ -234,8 +234,16 @@ def delete(queryset: QuerySet[JobRecord]) -> ActionResult:
         unreached = _out_of_redis(rows, _delete_in_rq)
         with transaction.atomic(using=using):
             removals.remember(unreached, using)
-            JobRecord.objects.using(using).filter(pk__in=[row["pk"] for row in rows]).delete()
+            # A row that started since it was read is kept: its worker writes its end.
+            _total, by_model = (
+                JobRecord.objects.using(using)
+                .filter(pk__in=[row["pk"] for row in rows])
+                .exclude(status=JobStatus.STARTED)
+                .delete()
+            )
+        deleted = by_model.get(JobRecord._meta.label, 0)
+        outcome.skipped["because they were running"] += len(rows) - deleted
         outcome.redis_later |= bool(unreached)
-        outcome.done += len(rows)
+        outcome.done += deleted
     outcome.skipped = +outcome.skipped  # drop zero counts
     return outcome
