@@ -78,6 +78,9 @@ sys.path[:0] = [str(BENCH_DIR), str(ROOT)]
 import benchjobs  # noqa: E402
 
 ENV_CONFIG = "DJANGO_JOBS_BENCH_CONFIG"
+#: django_jobs' options in every process of the bench. The job functions are plain functions
+#: (every system runs the same ones), which django_jobs' workers run only when allowed.
+JOBS_OPTIONS: dict[str, Any] = {"AUTODISCOVER": (), "ALLOWED_FUNCTIONS": ("benchjobs.",)}
 #: Set by --no-hiredis for this process and the worker subprocesses it starts.
 ENV_NO_HIREDIS = "DJANGO_JOBS_BENCH_NO_HIREDIS"
 BENCH_DB = "django_jobs_bench_run"
@@ -133,7 +136,7 @@ def configure_django(config: dict[str, Any]) -> None:
         INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth", "django_jobs"],
         DATABASES={"default": config["database"]},
         RQ_QUEUES={name: {"URL": url, "DEFAULT_TIMEOUT": 360} for name in QUEUE_NAMES.values()},
-        DJANGO_JOBS={"AUTODISCOVER": (), "SYNCHRONOUS_START": config.get("synchronous_start", False)},
+        DJANGO_JOBS={**JOBS_OPTIONS, "SYNCHRONOUS_START": config.get("synchronous_start", False)},
         LOGGING_CONFIG=None,
     )
     django.setup()
@@ -547,7 +550,7 @@ class Bench:
                     # once every job is in Redis and every row is written (pusher.flush()), not when
                     # the last .delay() returns.
                     mode = variant if variant in ("background", "redis-first") else "immediate"
-                    with override_settings(DJANGO_JOBS={"AUTODISCOVER": (), "PUSH": mode}):
+                    with override_settings(DJANGO_JOBS={**JOBS_OPTIONS, "PUSH": mode}):
                         started = time.perf_counter()
                         with block:
                             for i in range(n):
@@ -777,7 +780,7 @@ class Bench:
 
         push = "redis-first" if key.endswith("-redis-first") else "immediate"
         self.flush()
-        with override_settings(DJANGO_JOBS={"AUTODISCOVER": (), "PUSH": push}):
+        with override_settings(DJANGO_JOBS={**JOBS_OPTIONS, "PUSH": push}):
             latencies = self.latency_of("jobs", worker, self.args.latency_samples)
             pusher.flush(timeout=None)
         self.flush()
