@@ -16,6 +16,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from django.db import transaction
@@ -96,15 +97,6 @@ def _split(
     return chosen
 
 
-def _fetch(queue_name: str, job_id: str) -> Job | None:
-    queue = get_queue(queue_name)
-    try:
-        job: Job = queue.job_class.fetch(job_id, connection=queue.connection, serializer=queue.serializer)
-    except NoSuchJobError:
-        return None
-    return job
-
-
 def _out_of_redis(rows: list[dict[str, Any]], remove: Callable[[Job], Any]) -> list[tuple[str, str]]:
     """Take the RQ job of each row out of Redis with ``remove(job)``; return ``(id, queue)`` of
     those Redis could not be reached for (after one failure, a queue's other jobs are not tried).
@@ -116,7 +108,7 @@ def _out_of_redis(rows: list[dict[str, Any]], remove: Callable[[Job], Any]) -> l
     for row in rows:
         if row["queue"] not in away:
             try:
-                job = _fetch(row["queue"], row["pk"])
+                job = get_queue(row["queue"]).fetch_job(row["pk"])
                 if job is not None:
                     remove(job)
                     continue
@@ -129,15 +121,6 @@ def _out_of_redis(rows: list[dict[str, Any]], remove: Callable[[Job], Any]) -> l
     return unreached
 
 
-def _cancel_in_rq(job: Job) -> None:
-    with contextlib.suppress(InvalidJobOperation):  # already canceled in Redis
-        job.cancel()
-
-
-def _delete_in_rq(job: Job) -> None:
-    job.delete()
-
-
 def _old_job_deleted(row: dict[str, Any], using: str) -> bool:
     """Delete the job Redis kept of a row canceled while it was away, before the row's new push.
 
@@ -145,7 +128,7 @@ def _old_job_deleted(row: dict[str, Any], using: str) -> bool:
     follows once the scheduler loop has deleted the old job (``removals.sweep``).
     """
     try:
-        job = _fetch(row["queue"], row["pk"])
+        job = get_queue(row["queue"]).fetch_job(row["pk"])
         if job is not None:
             job.delete()
     except (RedisError, OSError):
@@ -187,7 +170,7 @@ def cancel(queryset: QuerySet[JobRecord]) -> ActionResult:
     using = records.db_alias()
     for batch in _batches(queryset):
         rows = _split(batch, CANCELABLE, outcome)
-        unreached = _out_of_redis(rows, _cancel_in_rq)
+        unreached = _out_of_redis(rows, partial(removals.take_out, row_status=JobStatus.CANCELED))
         with transaction.atomic(using=using):
             canceled = records.mark_canceled_many([row["pk"] for row in rows])
             removals.remember(unreached, using)
@@ -231,7 +214,7 @@ def delete(queryset: QuerySet[JobRecord]) -> ActionResult:
     for batch in _batches(queryset):
         rows = [row for row in batch if row["status"] != JobStatus.STARTED]
         outcome.skipped["because they were running"] += len(batch) - len(rows)
-        unreached = _out_of_redis(rows, _delete_in_rq)
+        unreached = _out_of_redis(rows, partial(removals.take_out, row_status=None))
         with transaction.atomic(using=using):
             removals.remember(unreached, using)
             # A row that started since it was read is kept: its worker writes its end.

@@ -35,7 +35,7 @@ from datetime import datetime, timedelta
 from django.db.models import Q
 from django.utils import timezone
 from redis.exceptions import RedisError
-from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.exceptions import InvalidJobOperation
 from rq.job import Job
 
 from . import records
@@ -91,15 +91,6 @@ def skipped(job: Job) -> None:
     PendingRemoval.objects.using(using).filter(pk=job.id).update(removed_at=timezone.now())
 
 
-def _fetch(queue_name: str, job_id: str) -> Job | None:
-    queue = get_queue(queue_name)
-    try:
-        job: Job = queue.job_class.fetch(job_id, connection=queue.connection, serializer=queue.serializer)
-    except NoSuchJobError:  # Redis lost it, or it expired
-        return None
-    return job
-
-
 def sweep(now: datetime | None = None, *, dry_run: bool = False) -> list[str]:
     """Take out of Redis the jobs of rows canceled or deleted while it was away; return their ids.
 
@@ -150,7 +141,7 @@ def _sweep_some(
             removed.append(job_id)
             continue
         try:
-            job = _fetch(queue_name, job_id)
+            job = get_queue(queue_name).fetch_job(job_id)
             if job is not None:
                 take_out(job, None if again else status)
         except (RedisError, OSError) as exc:
